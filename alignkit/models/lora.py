@@ -1,0 +1,40 @@
+"""LoRA through PEFT, configured by the `lora:` config key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LoraSettings:
+    """`lora: {r, alpha, dropout, target_modules}` (DESIGN "Common config keys").
+
+    r: rank of the update matrices. alpha: scaling numerator (the update is scaled by
+    alpha / r). dropout: dropout on the LoRA input. target_modules: module names to adapt,
+    or "all-linear" for every linear layer except the output head.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self):
+        if self.r <= 0:
+            raise ValueError(f"lora.r must be positive, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+def apply_lora(model, settings: LoraSettings):
+    """Wrap `model` with fresh LoRA adapters; only the adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

@@ -1,0 +1,1 @@
+"""Using a trained model: chat sessions (and, later, an OpenAI-compatible server)."""
