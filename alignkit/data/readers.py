@@ -13,7 +13,6 @@ raise `DataError` at once.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,7 +104,8 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
 
 
 def _describe_json_error(err: json.JSONDecodeError, text: str) -> str:
-    if err.pos >= len(text.rstrip()):
+    # A string still open at the end, or an error at the very end, means the text stops early.
+    if err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string"):
         return f"truncated JSON (the record ends early: {err.msg})"
     return f"not valid JSON: {err.msg} at column {err.colno}"
 
@@ -132,11 +132,24 @@ def _read_json(path: Path) -> Iterator[Item]:
         yield Location(source, number), record
 
 
+class _BadLine(Exception):
+    def __init__(self, line: int, err: UnicodeDecodeError):
+        self.line, self.err = line, err
+
+
+def _decoded_lines(binary) -> Iterator[str]:
+    """Decode line by line so a bad byte is reported at its own line."""
+    for number, raw in enumerate(binary, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _BadLine(number, err) from None
+
+
 def _read_csv(path: Path) -> Iterator[Item]:
     source = str(path)
     with open(path, "rb") as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-        reader = csv.DictReader(text)
+        reader = csv.DictReader(_decoded_lines(binary))
         number = 0
         while True:
             number += 1
@@ -144,9 +157,12 @@ def _read_csv(path: Path) -> Iterator[Item]:
                 row = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as err:
-                yield Location(source, number), Unreadable(_describe_unicode_error(err))
-                return  # the decoder cannot resynchronise; the rest of the file is unreadable
+            except _BadLine as bad:
+                yield (
+                    Location(source, bad.line, "line"),
+                    Unreadable(_describe_unicode_error(bad.err)),
+                )
+                return  # the csv reader cannot continue past a failed line
             except csv.Error as err:
                 yield Location(source, number), Unreadable(f"malformed CSV: {err}")
                 continue

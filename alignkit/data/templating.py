@@ -40,6 +40,10 @@ class EncodedSequence:
     def num_targets(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
+    def features(self) -> dict[str, list[int]]:
+        """The dict the collators take: `{"input_ids": ..., "labels": ...}`."""
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
 
 @dataclass
 class EncodedCompletion:

@@ -1,24 +1,26 @@
-"""Models: the one loader, built-in names, GGUF conversion, LoRA and tiny test models."""
+"""Models: the one loader, built-in names, GGUF conversion, LoRA and tiny test models.
 
-from alignkit.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
-from alignkit.models.device import select_device, select_dtype
-from alignkit.models.loading import (
-    load_model,
-    load_model_and_tokenizer,
-    load_tokenizer,
-    resolve_model_path,
-)
-from alignkit.models.lora import LoraSettings, apply_lora
+Exports resolve lazily so that `alignkit --help` and data commands do not import torch.
+"""
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "DEFAULT_MODEL",
-    "LoraSettings",
-    "apply_lora",
-    "load_model",
-    "load_model_and_tokenizer",
-    "load_tokenizer",
-    "resolve_model_path",
-    "select_device",
-    "select_dtype",
-]
+import importlib
+
+_EXPORTS = {
+    "BUILTIN_MODELS": "alignkit.models.builtin",
+    "DEFAULT_MODEL": "alignkit.models.builtin",
+    "select_device": "alignkit.models.device",
+    "select_dtype": "alignkit.models.device",
+    "load_model": "alignkit.models.loading",
+    "load_model_and_tokenizer": "alignkit.models.loading",
+    "load_tokenizer": "alignkit.models.loading",
+    "resolve_model_path": "alignkit.models.loading",
+    "LoraSettings": "alignkit.models.lora",
+    "apply_lora": "alignkit.models.lora",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'alignkit.models' has no attribute {name!r}")

@@ -1,0 +1,149 @@
+"""The command line, run as a user runs it (subprocesses), plus in-process where patching is needed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignkit.cli import main
+
+PAIR = {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."}
+
+
+def alignkit(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "alignkit", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+    )
+
+
+def test_help_lists_command_groups_and_version():
+    result = alignkit("--help")
+    assert result.returncode == 0
+    for group in ("models", "chat", "data"):
+        assert f"    {group}" in result.stdout
+    from alignkit import __version__
+
+    assert alignkit("--version").stdout.strip() == f"alignkit {__version__}"
+
+
+def test_data_validate_valid_file(write_jsonl):
+    path = write_jsonl([PAIR, PAIR])
+    result = alignkit("data", "validate", str(path))
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"{path}: 2 valid preference records"
+
+
+def test_data_validate_lists_every_error_without_traceback(write_jsonl):
+    path = write_jsonl([PAIR, {"prompt": "p", "chosen": "a"}, b"\xff\xfe", '{"prompt": "x"'])
+    result = alignkit("data", "validate", str(path), "--kind", "preference")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:2: field 'rejected' is missing",
+        f"{path}:3: bytes are not valid UTF-8 (byte 0xff at offset 0)",
+        f"{path}:4: truncated JSON (the record ends early: Expecting ',' delimiter)",
+        f"{path}: 3 of 4 records invalid",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_file_level_errors_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = alignkit("data", "validate", str(tmp_path / "empty.jsonl"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'empty.jsonl'}: file is empty (no records)"
+
+
+def test_data_stats_counts_and_percentiles(write_jsonl):
+    long_answer = " ".join(["word"] * 60)
+    path = write_jsonl(
+        [{"prompt": "Say hi", "completion": "Hi!"}] * 3
+        + [{"prompt": "Say hi", "completion": long_answer}]
+    )
+    result = alignkit("data", "stats", str(path), "--max-length", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # "Say hi" -> 2 tokens; "Hi!" -> 2 tokens + EOS; 60 x " word" -> 60 tokens + EOS
+    assert summary["records"] == 4 and summary["kind"] == "sft"
+    assert summary["prompt"]["max"] == 2
+    assert summary["completion"]["p50"] == 3 and summary["completion"]["max"] == 61
+    assert summary["over_max_length"] == 1
+    table = alignkit("data", "stats", str(path), "--max-length", "20").stdout
+    assert "records longer than max_length=20: 1" in table
+
+
+def test_data_convert_hh(write_jsonl, tmp_path):
+    src = write_jsonl(
+        [
+            {
+                "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",
+                "rejected": "\n\nHuman: Hi\n\nAssistant: Go.",
+            }
+        ]
+    )
+    out = tmp_path / "prefs.jsonl"
+    result = alignkit("data", "convert", "--from", "hh", str(src), str(out))
+    assert result.returncode == 0 and "wrote 1 preference records" in result.stdout
+    assert json.loads(out.read_text())["chosen"] == [{"role": "assistant", "content": "Hello!"}]
+    assert alignkit("data", "validate", str(out)).returncode == 0
+
+
+def test_models_list():
+    result = alignkit("models", "list")
+    assert result.returncode == 0 and "smollm2-135m-instruct" in result.stdout
+
+
+def test_models_convert_refuses_to_overwrite_and_rejects_non_gguf(tmp_path, capsys):
+    (tmp_path / "exists").mkdir()
+    assert main(["models", "convert", "smollm2-135m-instruct", str(tmp_path / "exists")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "model.txt").write_text("x")
+    assert main(["models", "convert", str(tmp_path / "model.txt"), str(tmp_path / "out")]) == 2
+    assert "expected a .gguf file" in capsys.readouterr().err
+
+
+def test_models_convert_builtin_to_a_folder(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    assert main(["-q", "models", "convert", "smollm2-135m-instruct", str(tmp_path / "smol")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "smol")
+    assert model.config.num_hidden_layers == 30
+
+
+def test_chat_one_shot_prints_the_reply():
+    result = alignkit(
+        "-q", "chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "20"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_chat_interactive_keeps_history_and_resets():
+    script = "What is the capital of France?\nAnd of Italy?\n/reset\n/exit\n"
+    result = alignkit("-q", "chat", "--max-new-tokens", "20", stdin=script)
+    assert result.returncode == 0, result.stderr
+    replies = [line for line in result.stdout.split("you> ") if "assistant>" in line]
+    assert len(replies) == 2
+    assert "Paris" in replies[0] and "Rome" in replies[1]
+
+
+def test_chat_unknown_model_is_a_clear_error():
+    result = alignkit("chat", "--model", "no-such-model", "--prompt", "hi")
+    assert result.returncode == 2
+    assert (
+        result.stderr.startswith("error: model 'no-such-model' not found")
+        and "Traceback" not in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "module", ["alignkit.cli.models", "alignkit.cli.chat", "alignkit.cli.data"]
+)
+def test_every_command_module_registers(module):
+    import importlib
+
+    assert callable(importlib.import_module(module).register)

@@ -1,0 +1,25 @@
+"""The README's Python example runs as written."""
+
+import json
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    record = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+              "rejected": [{"role": "assistant", "content": "Go away."}]}
+    (tmp_path / "prefs.jsonl").write_text(json.dumps(record) + "\n")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["batch"]["input_ids"].shape == (1, 34)
+    assert namespace["logits"].shape == (1, 34, 49152)
+
+
+def test_readme_names_the_two_commands_and_ci_runs_make_test():
+    text = README.read_text()
+    assert "make quickstart" in text and "make test" in text
+    assert "make test" in (README.parent / ".ci" / "run").read_text()
