@@ -41,3 +41,46 @@ def write_jsonl(tmp_path):
         return path
 
     return write
+
+
+WORDS = "apple river stone cloud tiger piano garden silver rocket candle forest mirror planet violin desert harbor".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random model saved as a Hugging Face folder (what users pass as model=)."""
+    from alignkit.models.tiny import tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model(seed=0, tokenizer=tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def words_file(tmp_path_factory):
+    """16 sft conversations, each a question with a one-word answer to memorise."""
+    path = tmp_path_factory.mktemp("data") / "words.jsonl"
+    with open(path, "w") as out:
+        for i, word in enumerate(WORDS):
+            conversation = [
+                {"role": "user", "content": f"Word {i}?"},
+                {"role": "assistant", "content": word},
+            ]
+            out.write(json.dumps({"messages": conversation}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixed_length_sft_file(tmp_path_factory):
+    """sft records of very different lengths, so token-weighted averaging matters."""
+    path = tmp_path_factory.mktemp("data") / "mixed.jsonl"
+    with open(path, "w") as out:
+        for i in range(16):
+            answer = " ".join(WORDS[: 1 + (i * 5) % 16])
+            out.write(json.dumps({"prompt": f"List {i} words", "completion": answer}) + "\n")
+    return path
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -9,8 +9,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    record = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
-              "rejected": [{"role": "assistant", "content": "Go away."}]}
+    record = {
+        "prompt": [{"role": "user", "content": "Hi"}],
+        "chosen": [{"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "assistant", "content": "Go away."}],
+    }
     (tmp_path / "prefs.jsonl").write_text(json.dumps(record) + "\n")
     monkeypatch.chdir(tmp_path)
     namespace = {}

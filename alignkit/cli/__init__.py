@@ -13,7 +13,12 @@ import sys
 from alignkit import __version__
 from alignkit.errors import AlignkitError
 
-COMMAND_MODULES = ("alignkit.cli.models", "alignkit.cli.chat", "alignkit.cli.data")
+COMMAND_MODULES = (
+    "alignkit.cli.models",
+    "alignkit.cli.chat",
+    "alignkit.cli.data",
+    "alignkit.cli.sft",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,28 @@
+"""Shared parsing for training commands: `--config FILE` plus `key=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_training_command(subparsers, name: str, config_class, help_text: str, run) -> None:
+    from alignkit.config import describe_keys
+
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{help_text}. Every key can be set in --config YAML or as key=value.",
+        epilog="config keys:\n" + describe_keys(config_class),
+    )
+    parser.add_argument("--config", help="YAML file of config keys")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. learning_rate=1e-5 lora.r=8"
+    )
+
+    def run_command(args) -> int:
+        from alignkit.config import load_config
+
+        return run(load_config(config_class, args.config, args.overrides))
+
+    parser.set_defaults(run=run_command)

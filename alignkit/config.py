@@ -1,0 +1,282 @@
+"""Typed run configs: dataclasses documented once per field; YAML is their serialized form.
+
+    config = load_config(SFTConfig, "run.yaml", ["learning_rate=1e-4", "lora.r=8"])
+
+Precedence: field defaults < the YAML file < `key=value` overrides (dotted keys reach
+nested settings such as `lora.r`). Unknown keys are rejected with the closest valid key
+suggested; values are checked against each field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignkit.errors import AlignkitError
+from alignkit.models.builtin import DEFAULT_MODEL
+from alignkit.models.lora import LoraSettings
+
+
+class ConfigError(AlignkitError):
+    pass
+
+
+def setting(default: Any, help: str, choices: tuple | None = None, **kwargs):
+    """A config field with its documentation (shown by `alignkit <command> --help`)."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Keys every training command shares (DESIGN "Common config keys")."""
+
+    model: str = setting(
+        DEFAULT_MODEL,
+        "policy/backbone: built-in name, Hugging Face folder, .gguf file or cached hub id",
+    )
+    data: str | None = setting(
+        None, "training file or folder (JSONL, JSON, CSV, Parquet, datasets folder)"
+    )
+    eval_data: str | None = setting(
+        None, "held-out file evaluated every eval_every steps and at the end"
+    )
+    output_dir: str = setting(
+        "runs/run", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    seed: int = setting(0, "one seed drives data order, sampling and initialisation")
+    max_steps: int | None = setting(None, "optimizer steps to train; default: derived from epochs")
+    epochs: float = setting(1.0, "passes over the data when max_steps is not set")
+    batch_size: int = setting(8, "examples per optimizer step (across all processes)")
+    micro_batch_size: int | None = setting(
+        None, "examples per forward pass and process; default batch_size"
+    )
+    learning_rate: float = setting(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = setting(
+        0.0, "AdamW decoupled weight decay (not applied to biases and norms)"
+    )
+    adam_betas: list[float] = setting([0.9, 0.999], "AdamW betas")
+    warmup_steps: int = setting(0, "linear warm-up steps from 0 to learning_rate")
+    lr_schedule: str = setting(
+        "cosine", "decay after warm-up", choices=("cosine", "linear", "constant")
+    )
+    max_grad_norm: float | None = setting(
+        1.0, "clip the global gradient norm to this; null disables clipping"
+    )
+    max_length: int = setting(1024, "truncate sequences to this many tokens")
+    max_prompt_length: int | None = setting(
+        None, "truncate prompts (from the left) to this many tokens"
+    )
+    lora: LoraSettings | None = setting(
+        None, "null for full fine-tuning, or {r, alpha, dropout, target_modules}"
+    )
+    merge_lora: bool = setting(
+        False, "with LoRA, also write final/merged/: the base model with the adapter merged in"
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in backward to save memory"
+    )
+    precision: str = setting(
+        "auto",
+        "auto: bf16 autocast on GPUs that support it, fp32 on CPU",
+        choices=("auto", "fp32", "bf16"),
+    )
+    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
+    save_every: int | None = setting(
+        500, "write checkpoints/step-N every this many steps; null: only final/"
+    )
+    keep_last: int = setting(2, "keep only the newest this many checkpoints")
+    resume: str | None = setting(
+        None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint path"
+    )
+    log_every: int = setting(10, "log metrics every this many steps")
+    eval_every: int | None = setting(
+        None, "evaluate eval_data every this many steps (and always at the end)"
+    )
+    skip_invalid: bool = setting(
+        False, "set invalid records aside in output_dir/rejects.jsonl instead of failing"
+    )
+    loggers: list[str] = setting(
+        [], "extra metric sinks: tensorboard, wandb, mlflow (when installed)"
+    )
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def positive(name):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+
+        for name in (
+            "batch_size",
+            "micro_batch_size",
+            "max_steps",
+            "max_length",
+            "save_every",
+            "log_every",
+            "eval_every",
+            "keep_last",
+            "learning_rate",
+            "epochs",
+        ):
+            positive(name)
+        micro = self.micro_batch_size or self.batch_size
+        if self.batch_size % micro:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({micro})"
+            )
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ConfigError(
+                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
+            )
+        unknown = set(self.loggers) - {"tensorboard", "wandb", "mlflow"}
+        if unknown:
+            raise ConfigError(
+                f"unknown logger(s) {sorted(unknown)}; expected tensorboard, wandb or mlflow"
+            )
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    output_dir: str = setting(
+        "runs/sft", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    learning_rate: float = setting(2e-5, "peak learning rate (AdamW)")
+    packing: bool = setting(False, "padding-free packing: concatenate the micro-batch into one row")
+
+
+# ---- building configs -----------------------------------------------------------------
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Defaults < YAML file at `path` < `key=value` overrides; returns a validated `cls`."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}"
+            )
+        values = loaded
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return from_dict(cls, values)
+
+
+def _set_dotted(values: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = values
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = (
+                f"; did you mean '{prefix}{close[0]}'?"
+                if close
+                else f"; valid keys: {', '.join(fields)}"
+            )
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+        choices = fields[key].metadata.get("choices")
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(
+                f"{prefix}{key} must be one of {', '.join(choices)}, got {kwargs[key]!r}"
+            )
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of its settings or null, got {value!r}")
+        return from_dict(hint, value, prefix=f"{key}.")
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(item, args[0], key) for item in items] if args else items
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def describe_keys(cls: type) -> str:
+    """One line per key: name, default and help (for `--help`)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        choices = f" ({'|'.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
+        lines.append(f"  {f.name}={default!r}{choices}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

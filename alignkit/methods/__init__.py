@@ -1,0 +1,1 @@
+"""One module per method: data + model + loss + the training loop."""

@@ -1,0 +1,63 @@
+"""Set-up every training method shares: records -> encoded examples, model -> trainable."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignkit.data.loading import load_records
+from alignkit.errors import AlignkitError
+from alignkit.models.loading import load_model, load_tokenizer
+from alignkit.models.lora import apply_lora
+
+log = logging.getLogger("alignkit")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_trainable_model(config):
+    """The policy in float32 (bf16 comes from autocast), with LoRA adapters if asked."""
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, device="cpu", dtype="float32")
+    if config.lora is not None:
+        model = apply_lora(model, config.lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info(
+            "LoRA: training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total
+        )
+    return model, tokenizer
+
+
+def load_encoded(path: str, kind: str, encode, config, *, rejects_name: str) -> list:
+    """Load, validate and encode one data file; report what truncation dropped."""
+    records = load_records(
+        path,
+        kind,
+        skip_invalid=config.skip_invalid,
+        rejects_path=Path(config.output_dir) / rejects_name,
+    )
+    encoded = [encode(record) for record in records.records]
+    examples = [e for e in encoded if e is not None]
+    dropped = len(encoded) - len(examples)
+    log.info(
+        "%s: %d %s records, %d examples%s",
+        path,
+        len(records),
+        kind,
+        len(examples),
+        f" ({dropped} dropped: no room for a target within max_length)" if dropped else "",
+    )
+    if not examples:
+        raise AlignkitError(
+            f"{path}: every record was dropped by truncation; raise max_length ({config.max_length})"
+        )
+    return examples

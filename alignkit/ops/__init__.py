@@ -1,0 +1,1 @@
+"""Memory-efficient tensor operations shared by every method."""

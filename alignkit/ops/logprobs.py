@@ -1,0 +1,159 @@
+"""Log-probabilities of target tokens without materialising `(B, T, V)` logits.
+
+`token_logps(hidden, weight, bias, targets)` returns `log softmax(hidden @ weight.T + bias)`
+at each target id. The output projection is applied to `chunk` tokens at a time; the
+forward keeps only each token's log-sum-exp, and the backward recomputes one chunk of
+logits at a time. Peak extra memory is `chunk x V` floats instead of `B x T x V`, for one
+extra matmul in the backward pass.
+
+`CausalLMLogps` wraps a Hugging Face causal LM so that its `forward` returns next-token
+log-probs through this path; data-parallel wrappers (DDP) wrap it, which keeps their
+gradient hooks in the forward they expect.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+# Logits elements per chunk. On CPU 4M floats (16 MiB) stays under glibc's mmap threshold,
+# so chunks reuse heap memory instead of page-faulting fresh mappings (measured 20-35%
+# faster than 32M on a 2-core CPU); GPUs prefer fewer, larger matmuls.
+CHUNK_ELEMENTS = {"cpu": 1 << 22}
+DEFAULT_CHUNK_ELEMENTS = 1 << 25
+
+
+def default_chunk(vocab_size: int, device_type: str = "cpu") -> int:
+    return max(1, CHUNK_ELEMENTS.get(device_type, DEFAULT_CHUNK_ELEMENTS) // vocab_size)
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        # hidden: (N, H); weight: (V, H); bias: (V,) or None; targets: (N,) int64 in [0, V)
+        out_dtype = torch.promote_types(hidden.dtype, torch.float32)
+        logps = torch.empty(hidden.shape[0], dtype=out_dtype, device=hidden.device)
+        lse = torch.empty_like(logps)
+        w = weight.to(hidden.dtype)
+        for start in range(0, hidden.shape[0], chunk):
+            end = start + chunk
+            logits = _logits(hidden[start:end], w, bias)
+            lse[start:end] = torch.logsumexp(logits, dim=-1)
+            logps[start:end] = logits.gather(-1, targets[start:end, None])[:, 0] - lse[start:end]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk = chunk
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        w = weight.to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        acc = lse.dtype  # float32, or float64 for float64 inputs
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        grad_bias = (
+            torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
+            if bias is not None and ctx.needs_input_grad[2]
+            else None
+        )
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            end = start + ctx.chunk
+            h = hidden[start:end]
+            # d logp_t / d logits = onehot(target) - softmax(logits)
+            grad_logits = torch.exp(_logits(h, w, bias) - lse[start:end, None]).mul_(
+                -grad_logps[start:end, None]
+            )
+            grad_logits.scatter_add_(
+                -1, targets[start:end, None], grad_logps[start:end, None].to(acc)
+            )
+            if grad_hidden is not None:
+                grad_hidden[start:end] = (grad_logits.to(h.dtype) @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += grad_logits.T.to(h.dtype).matmul(h).to(acc)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Log-prob of each target under a linear output head, chunk by chunk.
+
+    hidden: (..., H); weight: (V, H); bias: (V,) or None; targets: (...) ids in [0, V).
+    Returns (...) log-probs in float32 (float64 for float64 inputs). Gradients flow to `hidden`, `weight` and `bias`.
+    """
+    shape = targets.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    out = _ChunkedTokenLogps.apply(
+        flat_hidden,
+        weight,
+        bias,
+        flat_targets,
+        chunk or default_chunk(weight.shape[0], hidden.device.type),
+    )
+    return out.reshape(shape)
+
+
+def naive_token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Reference implementation: full log_softmax then gather. logits (..., V)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+
+
+class CausalLMLogps(nn.Module):
+    """A causal LM whose forward returns next-token log-probs of `labels`.
+
+    forward(input_ids (B, T), labels (B, T), attention_mask (B, T) | None,
+            position_ids (B, T) | None) -> (logps (B, T-1), mask (B, T-1))
+
+    `logps[:, t]` is log p(labels[:, t+1] | tokens <= t), zero where `mask` is False
+    (labels == IGNORE_INDEX). With packed rows pass `position_ids` and no attention mask.
+    """
+
+    def __init__(self, model: nn.Module, chunk: int | None = None):
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The transformers model (inside a PEFT wrapper, if any)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, **_ignored):
+        lm = self.causal_lm
+        hidden = lm.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        safe_targets = targets.masked_fill(~mask, 0)
+        head = lm.get_output_embeddings()
+        if type(head) is nn.Linear:
+            logps = token_logps(hidden[:, :-1], head.weight, safe_targets, head.bias, self.chunk)
+        else:  # an adapted or unusual head: fall back to full logits
+            logps = naive_token_logps(head(hidden[:, :-1]), safe_targets)
+        return logps * mask, mask

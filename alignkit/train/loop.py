@@ -1,0 +1,355 @@
+"""The one training loop (DESIGN principle 3).
+
+Every offline method plugs in through
+
+    step_fn(module, batch) -> (loss_sum, metrics)
+
+where `loss_sum` is the loss *summed* over the micro-batch's units (target tokens for
+SFT, pairs for preference losses) and `units_fn(batch)` counts those units. The loop
+divides by the number of units in the whole optimizer step — all micro-batches on all
+processes — before backward, so gradient accumulation and data parallelism give exactly
+the gradient of the big batch. (Averaging per micro-batch and then over micro-batches
+weights short sequences more; a known source of wrong losses elsewhere.)
+
+`metrics` are per-unit means (detached); the loop averages them weighted by units.
+
+Data order is a function of (seed, step): step k takes positions k*B .. (k+1)*B - 1 of
+an endless sequence of per-epoch permutations. Resuming from step k therefore needs no
+sampler state, and a run killed at any moment and resumed with `resume=auto` reproduces
+the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignkit.config import save_config, to_dict
+from alignkit.errors import AlignkitError
+from alignkit.fsutil import atomic_directory
+from alignkit.models.device import bf16_supported, select_device
+from alignkit.train.checkpoint import (
+    TrainerState,
+    capture_rng,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
+from alignkit.train.distributed import DistEnv
+from alignkit.train.metrics import MetricsSink
+from alignkit.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("alignkit.train")
+
+StepFn = Callable[[torch.nn.Module, dict], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+class TrainingDiverged(AlignkitError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    last_metrics: dict
+
+
+def count_target_tokens(batch: dict) -> int:
+    """Units for token-level losses: labels that are targets after the one-token shift."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def count_tokens(batch: dict) -> int:
+    """Real (non-pad) tokens in a batch, for tokens/s."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return batch["input_ids"].numel()
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def step_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step` (0-based) across all processes."""
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    return [_epoch_permutation(n, seed, pos // n)[pos % n] for pos in positions]
+
+
+def total_steps(config, n_examples: int) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * n_examples / config.batch_size))
+
+
+def train(
+    model: torch.nn.Module,
+    examples: Sequence,
+    collate_fn: Callable,
+    step_fn: StepFn,
+    config,
+    *,
+    tokenizer=None,
+    forward_module: torch.nn.Module | None = None,
+    eval_examples: Sequence | None = None,
+    units_fn: Callable[[dict], int] = count_target_tokens,
+) -> TrainResult:
+    """Train `model` on `examples`; write the run folder; return where `final/` is.
+
+    `model` is what checkpoints and `final/` hold (a transformers or PEFT model);
+    `forward_module` (default `model`) is what `step_fn` calls, wrapped in DDP under
+    torchrun.
+    """
+    output_dir = Path(config.output_dir)
+    device = select_device(config.device)
+    dist = DistEnv.from_env(device)
+    device = dist.device_for(device)
+    micro = config.micro_batch
+    if config.batch_size % (micro * dist.world_size):
+        raise AlignkitError(
+            f"batch_size ({config.batch_size}) must be a multiple of micro_batch_size ({micro}) "
+            f"x processes ({dist.world_size})"
+        )
+    if not examples:
+        raise AlignkitError(
+            "no training examples left after encoding; see the truncation report above"
+        )
+    steps = total_steps(config, len(examples))
+    forward_module = forward_module if forward_module is not None else model
+    forward_module.to(device)
+    if config.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    runner = forward_module
+    if dist.enabled:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            forward_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(forward_module, config)
+    scheduler = build_scheduler(optimizer, config, steps)
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported(device))
+    autocast = functools.partial(
+        torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16
+    )
+
+    fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "seed": config.seed}
+    state = TrainerState(data_fingerprint=fingerprint)
+    checkpoint = resolve_resume(config.resume, output_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, dist.rank)
+        if state.data_fingerprint != fingerprint:
+            raise AlignkitError(
+                f"cannot resume from {checkpoint}: it was trained with {state.data_fingerprint}, this run has "
+                f"{fingerprint}; use the same data, batch_size and seed, or a new output_dir"
+            )
+    else:
+        torch.manual_seed(config.seed)
+    if dist.is_main:
+        save_config(config, output_dir / "config.yaml")
+        if checkpoint is not None:
+            log.info("resuming from %s (step %d of %d)", checkpoint, state.step, steps)
+    sink = MetricsSink(
+        output_dir,
+        to_dict(config),
+        config.loggers,
+        total_steps=steps,
+        start_step=state.step,
+        enabled=dist.is_main,
+    )
+    last_good = checkpoint
+
+    window = _Window()
+    last_metrics: dict = {}
+    try:
+        while state.step < steps:
+            indices = step_indices(state.step, config.batch_size, len(examples), config.seed)[
+                dist.rank :: dist.world_size
+            ]
+            batches = [
+                collate_fn([examples[i] for i in indices[j : j + micro]])
+                for j in range(0, len(indices), micro)
+            ]
+            units = dist.sum(torch.tensor(float(sum(units_fn(b) for b in batches)), device=device))
+            runner.train()
+            loss_sum = torch.zeros((), device=device)
+            metric_sums: dict[str, torch.Tensor] = {}
+            for i, batch in enumerate(batches):
+                last = i == len(batches) - 1
+                sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                with sync:
+                    with autocast():
+                        micro_loss, metrics = step_fn(runner, batch)
+                    # DDP averages gradients over processes; scale so the result is the
+                    # gradient of (sum over every unit of the step) / units.
+                    (micro_loss * dist.world_size / units).backward()
+                loss_sum += micro_loss.detach().float()
+                weight = float(units_fn(batch))
+                for key, value in metrics.items():
+                    metric_sums[key] = metric_sums.get(key, 0.0) + value.detach().float() * weight
+                state.tokens_seen += count_tokens(batch) * dist.world_size
+            step_loss = dist.sum(loss_sum) / units
+            max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(forward_module.parameters(), max_norm)
+            # One host sync per optimizer step: never let a non-finite loss reach the weights.
+            loss_value, norm_value = step_loss.item(), float(grad_norm)
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                raise TrainingDiverged(
+                    f"loss {loss_value} / grad_norm {norm_value} at step {state.step + 1}: stopped before "
+                    f"updating the weights. Last good checkpoint: {last_good or 'none'} (resume=auto "
+                    f"continues from it). Try a lower learning_rate or a smaller max_grad_norm."
+                )
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            window.add(
+                loss_sum=float(dist.sum(loss_sum)),
+                units=float(units),
+                tokens=state.tokens_seen,
+                metrics={k: float(dist.sum(torch.as_tensor(v))) for k, v in metric_sums.items()},
+            )
+
+            logged = None
+            if state.step % config.log_every == 0 or state.step == steps:
+                logged = {
+                    "loss": window.loss(),
+                    "lr": lr,
+                    "grad_norm": norm_value,
+                    "tokens_per_s": window.tokens_per_s(),
+                    **window.metric_means(),
+                    "epoch": state.step * config.batch_size / len(examples),
+                }
+                window = _Window(start_tokens=state.tokens_seen)
+            if (
+                eval_examples
+                and config.eval_every
+                and state.step % config.eval_every == 0
+                and state.step != steps
+            ):
+                logged = {
+                    **(logged or {}),
+                    **evaluate(
+                        runner,
+                        eval_examples,
+                        collate_fn,
+                        step_fn,
+                        micro,
+                        device,
+                        autocast,
+                        units_fn,
+                        dist,
+                    ),
+                }
+            if logged is not None:
+                last_metrics = logged
+            sink.step(state.step, logged)
+            if config.save_every and state.step % config.save_every == 0 and state.step != steps:
+                last_good = _save(output_dir, model, optimizer, scheduler, state, config, dist)
+                sink.message(f"saved {last_good}")
+        if eval_examples:
+            final_eval = evaluate(
+                runner, eval_examples, collate_fn, step_fn, micro, device, autocast, units_fn, dist
+            )
+            last_metrics = {**last_metrics, **final_eval}
+            sink.step(state.step, final_eval, advance=False)
+        final_dir = output_dir / "final"
+        if dist.is_main:
+            save_final(model, tokenizer, final_dir, merge_lora=config.merge_lora)
+            sink.message(f"wrote {final_dir}")
+        dist.barrier()
+    finally:
+        sink.close()
+    return TrainResult(output_dir, output_dir / "final", state.step, last_metrics)
+
+
+class _Window:
+    """Accumulates what happened since the last log line."""
+
+    def __init__(self, start_tokens: int = 0):
+        self.loss_sum = self.units = 0.0
+        self.start_tokens = self.tokens = start_tokens
+        self.metric_sums: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def add(self, *, loss_sum: float, units: float, tokens: int, metrics: dict[str, float]) -> None:
+        self.loss_sum += loss_sum
+        self.units += units
+        self.tokens = tokens
+        for key, value in metrics.items():
+            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value
+
+    def loss(self) -> float:
+        return self.loss_sum / max(self.units, 1.0)
+
+    def metric_means(self) -> dict[str, float]:
+        return {key: value / max(self.units, 1.0) for key, value in self.metric_sums.items()}
+
+    def tokens_per_s(self) -> float:
+        return (self.tokens - self.start_tokens) / max(time.perf_counter() - self.started, 1e-9)
+
+
+@torch.no_grad()
+def evaluate(
+    runner, examples, collate_fn, step_fn, micro, device, autocast, units_fn, dist
+) -> dict[str, float]:
+    """Loss (and step_fn metrics) over `examples`, each process taking its shard."""
+    runner.eval()
+    shard = list(examples)[dist.rank :: dist.world_size]
+    totals = torch.zeros(2, device=device)  # loss_sum, units
+    metric_sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(shard), micro):
+        batch = collate_fn(shard[start : start + micro])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast():
+            loss_sum, metrics = step_fn(runner, batch)
+        units = float(units_fn(batch))
+        totals += torch.stack([loss_sum.float(), torch.tensor(units, device=device)])
+        for key, value in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + value.float() * units
+    totals = dist.sum(totals)
+    units = max(float(totals[1]), 1.0)
+    out = {"eval/loss": float(totals[0]) / units}
+    for key, value in metric_sums.items():
+        out[f"eval/{key}"] = float(dist.sum(torch.as_tensor(value, device=device))) / units
+    return out
+
+
+def _save(output_dir, module, optimizer, scheduler, state, config, dist) -> Path | None:
+    rng_states = dist.gather_objects(capture_rng())
+    path = None
+    if dist.is_main:
+        path = save_checkpoint(output_dir, module, optimizer, scheduler, state, rng_states)
+        prune_checkpoints(output_dir, config.keep_last)
+    dist.barrier()
+    return path
+
+
+def save_final(model, tokenizer, final_dir: Path, *, merge_lora: bool = False) -> None:
+    """`final/`: a folder `from_pretrained` loads (for LoRA: the adapter, and optionally
+    `final/merged/` with the adapter merged into the base weights)."""
+    with atomic_directory(final_dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if merge_lora and hasattr(model, "merge_and_unload"):
+            import copy
+
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp / "merged")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / "merged")

@@ -1,0 +1,56 @@
+"""AdamW and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases and norm weights (1-D).
+
+    Fused kernels on CUDA, the multi-tensor (foreach) path elsewhere.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    on_cuda = any(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW(
+        groups,
+        lr=config.learning_rate,
+        betas=tuple(config.adam_betas),
+        fused=True if on_cuda else None,
+        foreach=None if on_cuda else True,
+    )
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Factor applied to the peak learning rate at optimizer step `step` (0-based).
+
+    Linear warm-up from 1/(warmup+1) to 1, then cosine to 0, linear to 0, or constant.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(
+            step,
+            warmup_steps=config.warmup_steps,
+            total_steps=total_steps,
+            schedule=config.lr_schedule,
+        ),
+    )

@@ -1,0 +1,253 @@
+"""The training loop through SFT: behaviour, exact invariants, checkpoints, LoRA."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.testing import assert_close
+
+from alignkit.config import SFTConfig, load_config
+from alignkit.data.collators import PackingCollator, PaddingCollator
+from alignkit.data.templating import ChatEncoder
+from alignkit.methods.sft import run_sft, sft_step
+from alignkit.models import load_model
+from alignkit.ops.logprobs import CausalLMLogps
+from alignkit.train import checkpoint as checkpoint_module
+from alignkit.train.checkpoint import list_checkpoints, load_checkpoint
+from alignkit.train.loop import TrainingDiverged, train
+from alignkit.train.optim import build_optimizer, build_scheduler
+from tests.conftest import read_metrics
+
+
+def sft_config(model_dir, data, output_dir, **overrides):
+    settings = {
+        "model": str(model_dir),
+        "data": str(data),
+        "output_dir": str(output_dir),
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "save_every": None,
+        "log_every": 1,
+        "max_steps": 3,
+    }
+    settings.update(overrides)
+    return load_config(
+        SFTConfig, None, [f"{k}={'null' if v is None else v}" for k, v in settings.items()]
+    )
+
+
+def final_weights(run_dir):
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_tiny_model_overfits_16_examples(tiny_model_dir, words_file, tmp_path):
+    config = sft_config(
+        tiny_model_dir,
+        words_file,
+        tmp_path / "run",
+        max_steps=50,
+        batch_size=16,
+        learning_rate=1e-2,
+        lr_schedule="constant",
+    )
+    result = run_sft(config)
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
+    assert losses[0] > 10  # random init over a 49,152-token vocabulary
+    assert losses[-1] < 0.1 * losses[0], f"loss fell only from {losses[0]} to {losses[-1]}"
+    assert result.steps == 50 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_accumulation_4x2_equals_batch_8(tiny_model_dir, mixed_length_sft_file, tmp_path):
+    # lr 1e-4: Adam's update is about lr * sign(gradient), so float rounding on a
+    # near-zero gradient can move a weight by up to 2 * lr; a wrong normalisation
+    # (mean per micro-batch) changes many weights by far more (checked by breaking it).
+    run_sft(
+        sft_config(
+            tiny_model_dir,
+            mixed_length_sft_file,
+            tmp_path / "big",
+            micro_batch_size=8,
+            learning_rate=1e-4,
+        )
+    )
+    run_sft(
+        sft_config(
+            tiny_model_dir,
+            mixed_length_sft_file,
+            tmp_path / "acc",
+            micro_batch_size=2,
+            learning_rate=1e-4,
+        )
+    )
+    assert_same_weights(final_weights(tmp_path / "big"), final_weights(tmp_path / "acc"), atol=1e-5)
+    big, acc = read_metrics(tmp_path / "big"), read_metrics(tmp_path / "acc")
+    assert [m["loss"] for m in big] == pytest.approx([m["loss"] for m in acc], abs=1e-5)
+
+
+def test_packing_gives_the_same_loss_and_training(
+    tiny_model_dir, mixed_length_sft_file, tokenizer, tmp_path
+):
+    from alignkit.data import load_records
+
+    encoder = ChatEncoder(tokenizer)
+    examples = [
+        encoder.encode_sft(r).features() for r in load_records(mixed_length_sft_file).records[:6]
+    ]
+    module = CausalLMLogps(load_model(tiny_model_dir))
+    padded, _ = sft_step(module, PaddingCollator(tokenizer.pad_token_id)(examples))
+    packed, _ = sft_step(module, PackingCollator()(examples))
+    assert_close(packed, padded, atol=1e-5, rtol=1e-6)
+    run_sft(sft_config(tiny_model_dir, mixed_length_sft_file, tmp_path / "pad"))
+    run_sft(sft_config(tiny_model_dir, mixed_length_sft_file, tmp_path / "pack", packing=True))
+    assert_same_weights(
+        final_weights(tmp_path / "pad"), final_weights(tmp_path / "pack"), atol=1e-5
+    )
+
+
+def test_sft_loss_equals_transformers_mean_token_loss(
+    tiny_model_dir, mixed_length_sft_file, tokenizer
+):
+    """Summed NLL / target tokens is exactly the loss transformers computes from labels."""
+    from alignkit.data import load_records
+
+    encoder = ChatEncoder(tokenizer)
+    examples = [
+        encoder.encode_sft(r).features() for r in load_records(mixed_length_sft_file).records[:4]
+    ]
+    batch = PaddingCollator(tokenizer.pad_token_id)(examples)
+    model = load_model(tiny_model_dir)
+    loss_sum, _ = sft_step(CausalLMLogps(model), batch)
+    targets = (batch["labels"][:, 1:] != -100).sum()
+    reference = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
+    assert_close(loss_sum / targets, reference, atol=1e-5, rtol=1e-6)
+
+
+def test_run_folder_contents(tiny_model_dir, words_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_sft(
+        sft_config(
+            tiny_model_dir,
+            words_file,
+            tmp_path / "run",
+            save_every=1,
+            keep_last=2,
+            eval_data=str(words_file),
+            eval_every=2,
+        )
+    )
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == [
+        "step-1",
+        "step-2",
+    ]  # step 3 is final/, keep_last=2
+    metrics = read_metrics(run)
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "epoch"} <= metrics[0].keys()
+    assert "eval/loss" in metrics[1] and "eval/loss" in metrics[-1]
+    saved = load_config(SFTConfig, run / "config.yaml")
+    assert saved.model == str(tiny_model_dir) and saved.max_steps == 3
+    AutoModelForCausalLM.from_pretrained(run / "final")
+
+
+def test_lora_changes_only_the_adapter_and_merges_exactly(tiny_model_dir, words_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = sft_config(
+        tiny_model_dir,
+        words_file,
+        tmp_path / "run",
+        learning_rate=1e-2,
+        **{"lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0},
+        merge_lora=True,
+    )
+    run_sft(config)
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").is_file() and not (final / "model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pristine = {k: v.clone() for k, v in base.state_dict().items()}
+    adapted = PeftModel.from_pretrained(base, final)
+    for name, tensor in adapted.get_base_model().state_dict().items():
+        if "lora_" not in name:
+            assert torch.equal(tensor, pristine[name.replace(".base_layer", "")]), (
+                f"base weight {name} changed"
+            )
+    assert any(
+        p.abs().sum() > 0 for n, p in adapted.named_parameters() if "lora_B" in n
+    )  # B starts at 0
+    merged = AutoModelForCausalLM.from_pretrained(final / "merged")
+    ids = torch.tensor([[1, 4093, 198, 26843, 2, 198, 1, 520, 9531, 198]])
+    untouched = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(adapted(input_ids=ids).logits, untouched(input_ids=ids).logits)
+    assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(
+    tiny_model_dir, words_file, tmp_path, monkeypatch
+):
+    real_save = checkpoint_module.save_file
+    calls = {"n": 0}
+
+    def save_then_die(*args, **kwargs):
+        calls["n"] += 1
+        real_save(*args, **kwargs)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed while writing the step-2 checkpoint")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", save_then_die)
+    config = sft_config(tiny_model_dir, words_file, tmp_path / "run", save_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(config)
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["step-1"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-1"
+    ]  # no half-written folder
+    model = load_model(tiny_model_dir)
+    optimizer = build_optimizer(model, config)
+    state = load_checkpoint(
+        list_checkpoints(run)[-1], model, optimizer, build_scheduler(optimizer, config, 3)
+    )
+    assert state.step == 1
+
+
+def test_non_finite_loss_stops_before_touching_the_weights(
+    tiny_model_dir, words_file, tokenizer, tmp_path
+):
+    config = sft_config(tiny_model_dir, words_file, tmp_path / "run", save_every=2, max_steps=6)
+    model = load_model(tiny_model_dir)
+    encoder = ChatEncoder(tokenizer)
+    from alignkit.data import load_records
+
+    examples = [encoder.encode_sft(r).features() for r in load_records(words_file).records]
+    calls = {"n": 0}
+
+    def step_that_explodes(module, batch):
+        calls["n"] += 1
+        loss, metrics = sft_step(module, batch)
+        return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss nan .* at step 3: stopped before updating the weights\. "
+        r"Last good checkpoint: .*step-2",
+    ):
+        train(
+            model,
+            examples,
+            PaddingCollator(tokenizer.pad_token_id),
+            step_that_explodes,
+            config,
+            forward_module=CausalLMLogps(model),
+        )
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-2" / "weights.safetensors"))
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all()
+        assert torch.equal(param.detach(), saved[name]), f"{name} changed after the last good step"
