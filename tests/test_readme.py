@@ -26,3 +26,13 @@ def test_readme_names_the_two_commands_and_ci_runs_make_test():
     text = README.read_text()
     assert "make quickstart" in text and "make test" in text
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_training_docs_document_every_config_key():
+    import dataclasses
+
+    from alignkit.config import SFTConfig
+
+    docs = (README.parent / "docs" / "training.md").read_text()
+    missing = [f.name for f in dataclasses.fields(SFTConfig) if f"| `{f.name}`" not in docs]
+    assert not missing, f"docs/training.md does not document: {missing}"

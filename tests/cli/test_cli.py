@@ -147,3 +147,65 @@ def test_every_command_module_registers(module):
     import importlib
 
     assert callable(importlib.import_module(module).register)
+
+
+def test_sft_help_documents_every_key():
+    result = alignkit("sft", "--help")
+    assert result.returncode == 0
+    for key in (
+        "learning_rate=2e-05",
+        "micro_batch_size=None",
+        "packing=False",
+        "resume=None",
+        "lora=None",
+    ):
+        assert key in result.stdout
+
+
+def test_sft_rejects_unknown_keys_with_a_suggestion():
+    result = alignkit("sft", "data=x.jsonl", "learnig_rate=1e-4")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "error: unknown config key 'learnig_rate'; did you mean 'learning_rate'?"
+    )
+
+
+def test_sft_without_a_config_file(tiny_model_dir, words_file, tmp_path):
+    result = alignkit(
+        "sft",
+        f"model={tiny_model_dir}",
+        f"data={words_file}",
+        f"output_dir={tmp_path / 'run'}",
+        "max_steps=2",
+        "batch_size=4",
+        "micro_batch_size=2",
+        "learning_rate=1e-3",
+        "save_every=1",
+        "seed=3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"done: 2 steps; model in {tmp_path / 'run' / 'final'}" in result.stdout
+    assert (
+        "step 2/2" in result.stderr and "loss" in result.stderr
+    )  # readable log lines without a terminal
+    assert (tmp_path / "run" / "checkpoints" / "step-1").is_dir()
+
+
+def test_sft_with_bad_data_names_the_record(tiny_model_dir, write_jsonl, tmp_path):
+    path = write_jsonl(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"},
+                ]
+            },
+            {"messages": [{"role": "robot", "content": "x"}]},
+        ]
+    )
+    result = alignkit(
+        "sft", f"model={tiny_model_dir}", f"data={path}", f"output_dir={tmp_path / 'run'}"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:2: field 'messages[0].role' has unknown role 'robot'" in result.stderr

@@ -251,3 +251,54 @@ def test_non_finite_loss_stops_before_touching_the_weights(
     for name, param in model.named_parameters():
         assert torch.isfinite(param).all()
         assert torch.equal(param.detach(), saved[name]), f"{name} changed after the last good step"
+
+
+def test_gradient_checkpointing_gives_the_same_training(
+    tiny_model_dir, mixed_length_sft_file, tmp_path
+):
+    run_sft(sft_config(tiny_model_dir, mixed_length_sft_file, tmp_path / "plain", max_steps=2))
+    run_sft(
+        sft_config(
+            tiny_model_dir,
+            mixed_length_sft_file,
+            tmp_path / "ckpt",
+            max_steps=2,
+            gradient_checkpointing=True,
+        )
+    )
+    assert_same_weights(
+        final_weights(tmp_path / "plain"), final_weights(tmp_path / "ckpt"), atol=1e-6
+    )
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_model_dir, words_file, tmp_path):
+    run_sft(
+        sft_config(
+            tiny_model_dir,
+            words_file,
+            tmp_path / "run",
+            precision="bf16",
+            max_steps=4,
+            learning_rate=1e-2,
+            lr_schedule="constant",
+        )
+    )
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
+    assert losses[-1] < losses[0]
+    weights = final_weights(tmp_path / "run")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # master weights stay fp32
+
+
+def test_a_logger_that_is_not_installed_is_a_clear_error(
+    tiny_model_dir, words_file, tmp_path, monkeypatch
+):
+    import sys
+
+    from alignkit.errors import AlignkitError
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` fail
+    with pytest.raises(
+        AlignkitError,
+        match="logger 'mlflow' was asked for but is not installed: pip install mlflow",
+    ):
+        run_sft(sft_config(tiny_model_dir, words_file, tmp_path / "run", loggers="[mlflow]"))

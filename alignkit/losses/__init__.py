@@ -1,0 +1,1 @@
+"""Losses: pure functions of named tensors returning (per-example losses, detached metrics)."""

@@ -1,0 +1,103 @@
+"""Helpers for side-by-side benchmarks: synthetic data with realistic lengths, timing, memory."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import random
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+VOCABULARY = (
+    "the a movie film story actor scene plot music light camera city night river house friend family war "
+    "love time life world day year hand eye voice heart road dream fire water king queen child doctor "
+    "teacher ship train letter window garden forest mountain island village winter summer morning evening "
+    "simple strange quiet bright dark gentle brave clever honest careful slow quick warm cold old new"
+).split()
+
+
+def words(rng: random.Random, low: int, high: int) -> str:
+    """A long-tailed length in [low, high] (most short, a few long), as in real chat data."""
+    n = min(high, low + int(rng.expovariate(1.0) * (high - low) / 3))
+    return " ".join(rng.choice(VOCABULARY) for _ in range(n)).capitalize() + "."
+
+
+def sft_records(n: int, seed: int = 0, prompt_words=(5, 120), answer_words=(10, 300)) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "prompt": [{"role": "user", "content": words(rng, *prompt_words)}],
+            "completion": [{"role": "assistant", "content": words(rng, *answer_words)}],
+        }
+        for _ in range(n)
+    ]
+
+
+def write_jsonl(records: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:  # hand freed heap pages back to the OS so the next phase's RSS starts clean
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+
+
+@contextmanager
+def measure(result: dict):
+    """Wall time and peak memory above the starting point (RSS sampled every 5 ms on
+    CPU; max allocated on CUDA) of the block, written into `result`."""
+    release_memory()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        result["seconds"] = time.perf_counter() - start
+        stop.set()
+        thread.join()
+        result["peak_mib"] = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if torch.cuda.is_available()
+            else (peak[0] - base) / 2**20
+        )
+
+
+def matmul_flops_per_s(size: int = 1024, repeats: int = 10) -> float:
+    """The machine's measured float32 matmul throughput (FLOP/s)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)

@@ -1,0 +1,61 @@
+"""Typed configs: YAML < overrides, validation, suggestions, round trip."""
+
+import pytest
+
+from alignkit.config import ConfigError, SFTConfig, load_config, save_config
+from alignkit.models.lora import LoraSettings
+
+
+def test_defaults_yaml_and_overrides_in_that_order(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 1.0e-4\nbatch_size: 16\nlora: {r: 4}\n")
+    config = load_config(
+        SFTConfig, path, ["batch_size=32", "lora.alpha=8", "packing=true", "max_steps=10"]
+    )
+    assert config.learning_rate == 1e-4 and config.batch_size == 32 and config.packing is True
+    assert config.lora == LoraSettings(r=4, alpha=8)
+    assert config.seed == 0 and config.output_dir == "runs/sft"
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config(
+        SFTConfig, None, ["lora.r=8", "loggers=[tensorboard]", "max_grad_norm=null"]
+    )
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(SFTConfig, tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learning_rat=1e-4"], "unknown config key 'learning_rat'; did you mean 'learning_rate'?"),
+        (["lora.rank=4"], "unknown config key 'lora.rank'"),
+        (["batch_size=eight"], "batch_size must be an integer, got 'eight'"),
+        (["learning_rate=fast"], "learning_rate must be a number, got 'fast'"),
+        (["packing=maybe"], "packing must be true or false, got 'maybe'"),
+        (["lr_schedule=cos"], "lr_schedule must be one of cosine, linear, constant, got 'cos'"),
+        (
+            ["batch_size=8", "micro_batch_size=3"],
+            "batch_size (8) must be a multiple of micro_batch_size (3)",
+        ),
+        (
+            ["max_length=128", "max_prompt_length=128"],
+            "max_prompt_length (128) must be smaller than max_length (128)",
+        ),
+        (["loggers=[tensorbored]"], "unknown logger(s) ['tensorbored']"),
+        (["learning_rate"], "override 'learning_rate' is not of the form key=value"),
+        (["lora.r=0"], "lora.r must be positive"),
+    ],
+)
+def test_bad_values_are_named(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(SFTConfig, None, overrides)
+    assert message in str(info.value)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(SFTConfig, tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(SFTConfig, tmp_path / "list.yaml")
