@@ -160,6 +160,43 @@ class SFTConfig(TrainConfig):
     packing: bool = setting(False, "padding-free packing: concatenate the micro-batch into one row")
 
 
+@dataclass
+class DPOConfig(TrainConfig):
+    output_dir: str = setting(
+        "runs/dpo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    learning_rate: float = setting(1e-6, "peak learning rate (AdamW)")
+    loss: str = setting(
+        "dpo", "preference loss", choices=("dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "orpo")
+    )
+    beta: float = setting(
+        0.1,
+        "temperature: strength of the anchor to the reference (SimPO: reward scale; ORPO: lambda)",
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "cdpo/robust: probability that a label is wrong (records' p_chosen overrides, dpo/cdpo)",
+    )
+    simpo_gamma: float = setting(0.5, "SimPO target reward margin")
+    ref_model: str | None = setting(
+        None, "reference model; default: the starting model (with LoRA: the adapter disabled)"
+    )
+    packing: bool = setting(
+        True, "pack each micro-batch's chosen and rejected sequences into one padding-free row"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss == "robust" and not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(
+                f"loss=robust needs 0 <= label_smoothing < 0.5, got {self.label_smoothing}"
+            )
+        if self.loss == "cdpo" and not 0 < self.label_smoothing <= 0.5:
+            raise ConfigError(
+                f"loss=cdpo needs 0 < label_smoothing <= 0.5 (e.g. 0.1), got {self.label_smoothing}"
+            )
+
+
 # ---- building configs -----------------------------------------------------------------
 
 

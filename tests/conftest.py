@@ -84,3 +84,28 @@ def mixed_length_sft_file(tmp_path_factory):
 
 def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def preference_files(tmp_path_factory):
+    """A synthetic preference task: the chosen reply agrees ("Yes, <word>."), the rejected
+    one refuses ("No."). 32 training pairs and 16 held-out pairs on unseen words."""
+    folder = tmp_path_factory.mktemp("prefs")
+    nouns = (
+        "apple river stone cloud tiger piano garden silver rocket candle forest mirror planet violin "
+        "desert harbor castle meadow falcon lantern ocean pepper saddle temple valley wagon anchor "
+        "basket cactus dragon engine feather glacier helmet island jungle kettle ladder magnet needle "
+        "orchard parrot quartz rabbit statue tunnel"
+    ).split()
+
+    def pair(word):
+        return {
+            "prompt": [{"role": "user", "content": f"Can you say {word}?"}],
+            "chosen": [{"role": "assistant", "content": f"Yes, {word}."}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+        }
+
+    train, held_out = folder / "train.jsonl", folder / "eval.jsonl"
+    train.write_text("".join(json.dumps(pair(w)) + "\n" for w in nouns[:32]))
+    held_out.write_text("".join(json.dumps(pair(w)) + "\n" for w in nouns[32:48]))
+    return train, held_out

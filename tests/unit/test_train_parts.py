@@ -74,3 +74,81 @@ def test_chunked_logps_float32_within_1e5_of_naive():
         atol=1e-5,
         rtol=0,
     )
+
+
+def test_reduce_sequences_padded_and_packed_agree():
+    """Two sequences of 4 and 3 tokens. Token log-probs (position t predicts token t+1):
+    sequence A targets at t = 1, 2 (values -1, -2); sequence B targets at t = 1 (-3), t = 0 (-4).
+    Sums: A = -3, B = -7; means: A = -1.5, B = -3.5."""
+    from alignkit.ops.logprobs import reduce_sequences
+
+    padded = torch.tensor([[-9.0, -1.0, -2.0], [-4.0, -3.0, -9.0]])
+    padded_mask = torch.tensor([[False, True, True], [True, True, False]])
+    assert reduce_sequences(padded, padded_mask).tolist() == [-3.0, -7.0]
+    assert reduce_sequences(padded, padded_mask, reduction="mean").tolist() == [-1.5, -3.5]
+    # packed row of 7 tokens: A at 0..3, B at 4..6; 6 shifted positions; position 3 predicts B's
+    # first token and is never a target.
+    packed = torch.tensor([[-9.0, -1.0, -2.0, -9.0, -4.0, -3.0]])
+    packed_mask = torch.tensor([[False, True, True, False, True, True]])
+    cu = torch.tensor([0, 4, 7], dtype=torch.int32)
+    assert reduce_sequences(packed, packed_mask, cu).tolist() == [-3.0, -7.0]
+    assert reduce_sequences(packed, packed_mask, cu, reduction="mean").tolist() == [-1.5, -3.5]
+
+
+def test_sequence_logps_hidden_and_logits_paths_equal_naive():
+    from alignkit.ops.logprobs import sequence_logps
+
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 30, bias=False)
+    hidden = torch.randn(2, 6, 8)
+    labels = torch.randint(0, 30, (2, 6))
+    labels[0, :3] = -100
+    logits = head(hidden)
+    expected = torch.log_softmax(logits[:, :-1], -1).gather(
+        -1, labels[:, 1:].clamp(min=0)[..., None]
+    )[..., 0]
+    expected = (expected * (labels[:, 1:] != -100)).sum(-1)
+    assert_close(sequence_logps(hidden, labels, head=head, chunk=3), expected, atol=1e-5, rtol=0)
+    assert_close(sequence_logps(logits, labels, chunk=4), expected, atol=1e-5, rtol=0)
+    counts = (labels[:, 1:] != -100).sum(-1)
+    assert_close(
+        sequence_logps(logits, labels, reduction="mean"), expected / counts, atol=1e-5, rtol=0
+    )
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch
+from alignkit.ops.logprobs import naive_token_logps, token_logps
+torch.manual_seed(0)
+B, T, H, V = 4, 256, 64, 131072
+hidden = torch.randn(B, T, H, requires_grad=True)
+weight = (torch.randn(V, H) * 0.02).requires_grad_()
+targets = torch.randint(0, V, (B, T))
+before = int(open("/proc/self/statm").read().split()[1]) * 4  # current RSS in KiB (not the import-time peak)
+if sys.argv[1] == "naive":
+    logps = naive_token_logps(hidden @ weight.T, targets)
+else:
+    logps = token_logps(hidden, weight, targets)
+logps.sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_chunked_logps_peak_memory_is_a_small_fraction_of_naive():
+    """At V = 131,072 the naive path holds (B*T, V) float32 logits (512 MiB) and their
+    log-softmax and gradient; the chunked path holds 16 MiB chunks plus the (V, H) weight
+    gradient. Peak RSS above the start, in a fresh process, forward + backward; measured
+    on the 2-core CPU over repeated runs: naive 1545 MiB every time, chunked 139 MiB
+    usually and up to 267 MiB (allocator arenas), i.e. 9-17%."""
+    import subprocess
+    import sys
+
+    def peak_mib(mode):
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_SCRIPT, mode], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip())
+
+    naive, chunked = peak_mib("naive"), peak_mib("chunked")
+    assert naive > 1000, naive  # logits alone are 512 MiB
+    assert chunked < 0.25 * naive, f"chunked {chunked} MiB vs naive {naive} MiB"

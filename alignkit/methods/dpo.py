@@ -1,0 +1,186 @@
+"""DPO and its family (cDPO, IPO, hinge, robust DPO) and the reference-free SimPO and ORPO.
+
+Chosen and rejected responses of a micro-batch go through one forward pass, packed
+padding-free into one row by default (`packing=true`) or padded into one batch. The
+reference log-probs come from a table computed once before training
+(`alignkit.methods.reference`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+from alignkit.config import ConfigError, DPOConfig
+from alignkit.data.collators import PackingCollator, PaddingCollator
+from alignkit.data.templating import ChatEncoder
+from alignkit.losses.preference import MEAN_REDUCTION, PAIRED_LOSSES, REFERENCE_FREE_LOSSES
+from alignkit.methods.common import load_encoded, load_trainable_model, seed_everything
+from alignkit.methods.reference import compute_sequence_stats, model_identity, reference_stats
+from alignkit.models.device import select_device
+from alignkit.models.loading import load_model, resolve_model_path
+from alignkit.ops.logprobs import CausalLMLogps, reduce_sequences
+from alignkit.train.loop import TrainResult, train
+
+log = logging.getLogger("alignkit")
+
+
+class PairCollator:
+    """Pairs -> one batch of 2B sequences ordered chosen_0, rejected_0, chosen_1, ...
+
+    Adds `pair_index` (B,) (row of the reference table) and `label_smoothing` (B,).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, pairs: list[dict]) -> dict:
+        sequences = [seq for pair in pairs for seq in (pair["chosen"], pair["rejected"])]
+        batch = self.inner(sequences)
+        batch["pair_index"] = torch.tensor([pair["index"] for pair in pairs], dtype=torch.long)
+        batch["label_smoothing"] = torch.tensor(
+            [pair["label_smoothing"] for pair in pairs], dtype=torch.float32
+        )
+        return batch
+
+
+def count_pairs(batch: dict) -> int:
+    return len(batch["pair_index"])
+
+
+def dpo_step(
+    module, batch: dict, *, config: DPOConfig, reference: torch.Tensor | None
+) -> tuple[torch.Tensor, dict]:
+    """Summed preference loss of one micro-batch; `reference` is the (pairs, 2, 2) table
+    of [chosen, rejected] x [summed log-prob, target count]."""
+    packed = "cu_seqlens" in batch
+    logps, mask = module(
+        input_ids=batch["input_ids"],
+        labels=batch["labels"],
+        position_ids=batch["position_ids"] if packed else None,
+    )
+    reduction = "mean" if config.loss in MEAN_REDUCTION else "sum"
+    sequences = reduce_sequences(logps, mask, batch["cu_seqlens"] if packed else None, reduction)
+    chosen, rejected = sequences[0::2], sequences[1::2]
+    if config.loss in REFERENCE_FREE_LOSSES:
+        extra = {"gamma": config.simpo_gamma} if config.loss == "simpo" else {}
+        losses, metrics = REFERENCE_FREE_LOSSES[config.loss](
+            chosen, rejected, beta=config.beta, **extra
+        )
+        return losses.sum(), metrics
+    table = reference.to(logps.device)[batch["pair_index"]]  # (B, 2, 2); .to is a no-op once there
+    ref = table[..., 0] / table[..., 1].clamp(min=1) if reduction == "mean" else table[..., 0]
+    extra = {}
+    if config.loss in ("dpo", "cdpo"):
+        extra["label_smoothing"] = batch["label_smoothing"]
+    elif config.loss == "robust":
+        extra["label_smoothing"] = config.label_smoothing
+    losses, metrics = PAIRED_LOSSES[config.loss](
+        chosen, rejected, ref[:, 0], ref[:, 1], beta=config.beta, **extra
+    )
+    return losses.sum(), metrics
+
+
+def encode_pairs(encoder: ChatEncoder, config: DPOConfig, offset: int):
+    """Return the per-record encoder used by `load_encoded` (pair index counts from `offset`)."""
+    counter = {"next": offset}
+
+    def encode(record):
+        pair = encoder.encode_pair(record)
+        if pair is None:
+            return None
+        index = counter["next"]
+        counter["next"] += 1
+        smoothing = (
+            1.0 - record["p_chosen"]
+            if record.get("p_chosen") is not None
+            else config.label_smoothing
+        )
+        return {
+            "chosen": pair.chosen.sequence().features(),
+            "rejected": pair.rejected.sequence().features(),
+            "index": index,
+            "label_smoothing": smoothing,
+        }
+
+    return encode
+
+
+def build_reference_table(model, pairs: list[dict], collate, config: DPOConfig) -> torch.Tensor:
+    """(pairs, 2, 2) reference stats, from the cache or computed once."""
+    sequences = [seq for pair in pairs for seq in (pair["chosen"], pair["rejected"])]
+    device = select_device(config.device)
+    if config.ref_model is not None:
+        identity = model_identity(resolve_model_path(config.ref_model))
+
+        def compute():
+            reference = load_model(config.ref_model, device="cpu", dtype="float32")
+            stats = compute_sequence_stats(
+                reference, sequences, collate, config.micro_batch, device
+            )
+            del reference
+            return stats
+    else:
+        identity = model_identity(resolve_model_path(config.model))
+        lora = hasattr(model, "disable_adapter")
+
+        def compute():
+            stats = compute_sequence_stats(
+                model, sequences, collate, config.micro_batch, device, disable_adapter=lora
+            )
+            model.to("cpu")
+            return stats
+
+    stats = reference_stats(
+        sequences, run_dir=Path(config.output_dir), reference=identity, compute=compute
+    )
+    return stats.reshape(len(pairs), 2, 2)
+
+
+def run_dpo(config: DPOConfig) -> TrainResult:
+    if config.data is None:
+        raise ConfigError("data is required: data=path/to/pairs.jsonl")
+    seed_everything(config.seed)
+    model, tokenizer = load_trainable_model(config)
+    encoder = ChatEncoder(
+        tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
+    )
+    pairs = load_encoded(
+        config.data,
+        "preference",
+        encode_pairs(encoder, config, 0),
+        config,
+        rejects_name="rejects.jsonl",
+    )
+    eval_pairs = None
+    if config.eval_data:
+        eval_pairs = load_encoded(
+            config.eval_data,
+            "preference",
+            encode_pairs(encoder, config, len(pairs)),
+            config,
+            rejects_name="eval_rejects.jsonl",
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = PairCollator(PackingCollator() if config.packing else PaddingCollator(pad))
+    reference = None
+    if config.loss not in REFERENCE_FREE_LOSSES:
+        sequence_collate = collate.inner
+        reference = build_reference_table(
+            model, pairs + (eval_pairs or []), sequence_collate, config
+        )
+    step = functools.partial(dpo_step, config=config, reference=reference)
+    return train(
+        model,
+        pairs,
+        collate,
+        step,
+        config,
+        tokenizer=tokenizer,
+        forward_module=CausalLMLogps(model),
+        eval_examples=eval_pairs,
+        units_fn=count_pairs,
+    )
