@@ -65,9 +65,9 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             end = start + ctx.chunk
             h = hidden[start:end]
             # d logp_t / d logits = onehot(target) - softmax(logits)
-            grad_logits = torch.exp(_logits(h, w, bias) - lse[start:end, None]).mul_(
-                -grad_logps[start:end, None]
-            )
+            # in place: one (chunk, V) buffer becomes the softmax, then -g * softmax
+            grad_logits = _logits(h, w, bias).sub_(lse[start:end, None]).exp_()
+            grad_logits.mul_(-grad_logps[start:end, None])
             grad_logits.scatter_add_(
                 -1, targets[start:end, None], grad_logps[start:end, None].to(acc)
             )
