@@ -302,3 +302,15 @@ def test_a_logger_that_is_not_installed_is_a_clear_error(
         match="logger 'mlflow' was asked for but is not installed: pip install mlflow",
     ):
         run_sft(sft_config(tiny_model_dir, words_file, tmp_path / "run", loggers="[mlflow]"))
+
+
+def test_tensorboard_logger_writes_the_logged_scalars(tiny_model_dir, words_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_sft(sft_config(tiny_model_dir, words_file, tmp_path / "run", loggers="[tensorboard]"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(events.Tags()["scalars"])
+    logged = [m["loss"] for m in read_metrics(tmp_path / "run")]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(logged, rel=1e-5)
