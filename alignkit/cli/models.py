@@ -39,21 +39,21 @@ def run_list(args) -> int:
 
 
 def run_convert(args) -> int:
+    import shutil
+
     from alignkit.errors import AlignkitError
-    from alignkit.models.builtin import BUILTIN_MODELS, builtin_gguf_path
+    from alignkit.fsutil import atomic_directory
+    from alignkit.models.builtin import BUILTIN_MODELS
     from alignkit.models.convert import convert_gguf
-    from alignkit.models.loading import load_builtin_tokenizer
+    from alignkit.models.loading import resolve_model_path
 
     dst = Path(args.dst)
     if dst.exists() and not args.overwrite:
         raise AlignkitError(f"{dst} already exists; pass --overwrite to replace it")
     if args.src in BUILTIN_MODELS:
-        convert_gguf(
-            builtin_gguf_path(BUILTIN_MODELS[args.src]),
-            dst,
-            tokenizer=load_builtin_tokenizer(args.src),
-            overwrite=args.overwrite,
-        )
+        cached = resolve_model_path(args.src)  # converts into the cache once; later calls copy it
+        with atomic_directory(dst, overwrite=args.overwrite) as tmp:
+            shutil.copytree(cached, tmp, dirs_exist_ok=True)
     else:
         src = Path(args.src)
         if not src.is_file() or src.suffix.lower() != ".gguf":
