@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 
-def add_training_command(subparsers, name: str, config_class, help_text: str, run) -> None:
+def add_training_command(subparsers, name: str, config_class, help_text: str, runner: str) -> None:
+    """Register `alignkit NAME`; `runner` is "module:function" taking the config and
+    returning a `TrainResult` (imported only when the command runs)."""
     from alignkit.config import describe_keys
 
     parser = subparsers.add_parser(
@@ -23,6 +26,11 @@ def add_training_command(subparsers, name: str, config_class, help_text: str, ru
     def run_command(args) -> int:
         from alignkit.config import load_config
 
-        return run(load_config(config_class, args.config, args.overrides))
+        module, function = runner.split(":")
+        result = getattr(importlib.import_module(module), function)(
+            load_config(config_class, args.config, args.overrides)
+        )
+        print(f"done: {result.steps} steps; model in {result.final_dir}")
+        return 0
 
     parser.set_defaults(run=run_command)
