@@ -23,6 +23,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def prepare(config):
+    """What every method does first: check `data`, seed everything, load the policy."""
+    if config.data is None:
+        from alignkit.config import ConfigError
+
+        raise ConfigError("data is required: data=path/to/train.jsonl")
+    seed_everything(config.seed)
+    return load_trainable_model(config)
+
+
 def load_trainable_model(config):
     """The policy in float32 (bf16 comes from autocast), with LoRA adapters if asked."""
     tokenizer = load_tokenizer(config.model)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config import ConfigError, DPOConfig
+from alignkit.config import DPOConfig
 from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.templating import ChatEncoder
 from alignkit.losses.preference import MEAN_REDUCTION, PAIRED_LOSSES, REFERENCE_FREE_LOSSES
-from alignkit.methods.common import load_encoded, load_trainable_model, seed_everything
+from alignkit.methods.common import load_encoded, prepare
 from alignkit.methods.reference import compute_sequence_stats, model_identity, reference_stats
 from alignkit.models.device import select_device
 from alignkit.models.loading import load_model, resolve_model_path
@@ -141,10 +141,7 @@ def build_reference_table(model, pairs: list[dict], collate, config: DPOConfig) 
 
 
 def run_dpo(config: DPOConfig) -> TrainResult:
-    if config.data is None:
-        raise ConfigError("data is required: data=path/to/pairs.jsonl")
-    seed_everything(config.seed)
-    model, tokenizer = load_trainable_model(config)
+    model, tokenizer = prepare(config)
     encoder = ChatEncoder(
         tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
     )

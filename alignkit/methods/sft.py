@@ -13,7 +13,7 @@ import torch
 from alignkit.config import SFTConfig
 from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.templating import ChatEncoder
-from alignkit.methods.common import load_encoded, load_trainable_model, seed_everything
+from alignkit.methods.common import load_encoded, prepare
 from alignkit.ops.logprobs import CausalLMLogps
 from alignkit.train.loop import TrainResult, train
 
@@ -39,12 +39,7 @@ def build_collator(tokenizer, packing: bool):
 
 
 def run_sft(config: SFTConfig) -> TrainResult:
-    if config.data is None:
-        from alignkit.config import ConfigError
-
-        raise ConfigError("data is required: data=path/to/train.jsonl")
-    seed_everything(config.seed)
-    model, tokenizer = load_trainable_model(config)
+    model, tokenizer = prepare(config)
     encoder = ChatEncoder(
         tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
     )
