@@ -182,7 +182,10 @@ def train(
                 collate_fn([examples[i] for i in indices[j : j + micro]])
                 for j in range(0, len(indices), micro)
             ]
-            units = dist.sum(torch.tensor(float(sum(units_fn(b) for b in batches)), device=device))
+            # Counted on the host-side batches, before transfer: no device sync per micro-batch.
+            micro_units = [float(units_fn(b)) for b in batches]
+            state.tokens_seen += sum(count_tokens(b) for b in batches) * dist.world_size
+            units = dist.sum(torch.tensor(sum(micro_units), device=device))
             runner.train()
             loss_sum = torch.zeros((), device=device)
             metric_sums: dict[str, torch.Tensor] = {}
@@ -197,11 +200,12 @@ def train(
                     # gradient of (sum over every unit of the step) / units.
                     (micro_loss * dist.world_size / units).backward()
                 loss_sum += micro_loss.detach().float()
-                weight = float(units_fn(batch))
                 for key, value in metrics.items():
-                    metric_sums[key] = metric_sums.get(key, 0.0) + value.detach().float() * weight
-                state.tokens_seen += count_tokens(batch) * dist.world_size
-            step_loss = dist.sum(loss_sum) / units
+                    metric_sums[key] = (
+                        metric_sums.get(key, 0.0) + value.detach().float() * micro_units[i]
+                    )
+            global_loss_sum = dist.sum(loss_sum)
+            step_loss = global_loss_sum / units
             max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(forward_module.parameters(), max_norm)
             # One host sync per optimizer step: never let a non-finite loss reach the weights.
@@ -217,21 +221,14 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            window.add(
-                loss_sum=float(dist.sum(loss_sum)),
-                units=float(units),
-                tokens=state.tokens_seen,
-                metrics={k: float(dist.sum(torch.as_tensor(v))) for k, v in metric_sums.items()},
-            )
+            window.add(global_loss_sum, units, metric_sums, tokens=state.tokens_seen)
 
             logged = None
             if state.step % config.log_every == 0 or state.step == steps:
                 logged = {
-                    "loss": window.loss(),
+                    **window.summary(dist),
                     "lr": lr,
                     "grad_norm": norm_value,
-                    "tokens_per_s": window.tokens_per_s(),
-                    **window.metric_means(),
                     "epoch": state.step * config.batch_size / len(examples),
                 }
                 window = _Window(start_tokens=state.tokens_seen)
@@ -278,29 +275,43 @@ def train(
 
 
 class _Window:
-    """Accumulates what happened since the last log line."""
+    """What happened since the last log line, kept as device tensors: metrics are summed
+    over processes and copied to the host once per log line, not once per step."""
 
     def __init__(self, start_tokens: int = 0):
-        self.loss_sum = self.units = 0.0
+        self.loss_sum: torch.Tensor | float = 0.0  # already summed over processes
+        self.units: torch.Tensor | float = 0.0
+        self.metric_sums: dict[str, torch.Tensor] = {}  # this process only, weighted by units
         self.start_tokens = self.tokens = start_tokens
-        self.metric_sums: dict[str, float] = {}
         self.started = time.perf_counter()
 
-    def add(self, *, loss_sum: float, units: float, tokens: int, metrics: dict[str, float]) -> None:
-        self.loss_sum += loss_sum
-        self.units += units
-        self.tokens = tokens
-        for key, value in metrics.items():
+    def add(
+        self, loss_sum: torch.Tensor, units: torch.Tensor, metric_sums: dict, *, tokens: int
+    ) -> None:
+        self.loss_sum = self.loss_sum + loss_sum
+        self.units = self.units + units
+        for key, value in metric_sums.items():
             self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value
+        self.tokens = tokens
 
-    def loss(self) -> float:
-        return self.loss_sum / max(self.units, 1.0)
-
-    def metric_means(self) -> dict[str, float]:
-        return {key: value / max(self.units, 1.0) for key, value in self.metric_sums.items()}
-
-    def tokens_per_s(self) -> float:
-        return (self.tokens - self.start_tokens) / max(time.perf_counter() - self.started, 1e-9)
+    def summary(self, dist: DistEnv) -> dict[str, float]:
+        keys = list(self.metric_sums)
+        metric_totals = (
+            dist.sum(torch.stack([self.metric_sums[k] for k in keys])).tolist() if keys else []
+        )
+        loss_sum, units = torch.stack(
+            [
+                torch.as_tensor(self.loss_sum, dtype=torch.float32).cpu(),
+                torch.as_tensor(self.units, dtype=torch.float32).cpu(),
+            ]
+        ).tolist()
+        units = max(units, 1.0)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        return {
+            "loss": loss_sum / units,
+            "tokens_per_s": (self.tokens - self.start_tokens) / seconds,
+            **{key: total / units for key, total in zip(keys, metric_totals, strict=True)},
+        }
 
 
 @torch.no_grad()
