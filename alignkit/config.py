@@ -197,6 +197,21 @@ class DPOConfig(TrainConfig):
             )
 
 
+@dataclass
+class KTOConfig(TrainConfig):
+    output_dir: str = setting(
+        "runs/kto", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    learning_rate: float = setting(1e-6, "peak learning rate (AdamW)")
+    beta: float = setting(0.1, "temperature of the implicit reward beta * (policy - ref)")
+    desirable_weight: float = setting(1.0, "lambda_D: weight of desirable examples")
+    undesirable_weight: float = setting(1.0, "lambda_U: weight of undesirable examples")
+    ref_model: str | None = setting(
+        None, "reference model; default: the starting model (with LoRA: the adapter disabled)"
+    )
+    packing: bool = setting(True, "pack each micro-batch into one padding-free row")
+
+
 # ---- building configs -----------------------------------------------------------------
 
 

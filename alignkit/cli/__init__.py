@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "alignkit.cli.chat",
     "alignkit.cli.data",
     "alignkit.cli.sft",
+    "alignkit.cli.dpo",
+    "alignkit.cli.kto",
 )
 
 

@@ -109,20 +109,17 @@ def encode_pairs(encoder: ChatEncoder, config: DPOConfig, offset: int):
     return encode
 
 
-def build_reference_table(model, pairs: list[dict], collate, config: DPOConfig) -> torch.Tensor:
-    """(pairs, 2, 2) reference stats, from the cache or computed once."""
-    sequences = [seq for pair in pairs for seq in (pair["chosen"], pair["rejected"])]
+def build_reference_table_for_sequences(
+    model, sequences: list[dict], collate, config
+) -> torch.Tensor:
+    """(S, 2) reference [summed log-prob, target count] per sequence, cached or computed once."""
     device = select_device(config.device)
     if config.ref_model is not None:
         identity = model_identity(resolve_model_path(config.ref_model))
 
         def compute():
             reference = load_model(config.ref_model, device="cpu", dtype="float32")
-            stats = compute_sequence_stats(
-                reference, sequences, collate, config.micro_batch, device
-            )
-            del reference
-            return stats
+            return compute_sequence_stats(reference, sequences, collate, config.micro_batch, device)
     else:
         identity = model_identity(resolve_model_path(config.model))
         lora = hasattr(model, "disable_adapter")
@@ -134,10 +131,17 @@ def build_reference_table(model, pairs: list[dict], collate, config: DPOConfig) 
             model.to("cpu")
             return stats
 
-    stats = reference_stats(
+    return reference_stats(
         sequences, run_dir=Path(config.output_dir), reference=identity, compute=compute
     )
-    return stats.reshape(len(pairs), 2, 2)
+
+
+def build_reference_table(model, pairs: list[dict], collate, config: DPOConfig) -> torch.Tensor:
+    """(pairs, 2, 2): [chosen, rejected] x [summed log-prob, target count]."""
+    sequences = [seq for pair in pairs for seq in (pair["chosen"], pair["rejected"])]
+    return build_reference_table_for_sequences(model, sequences, collate, config).reshape(
+        len(pairs), 2, 2
+    )
 
 
 def run_dpo(config: DPOConfig) -> TrainResult:

@@ -24,7 +24,7 @@ def alignkit(*args, stdin=None):
 def test_help_lists_command_groups_and_version():
     result = alignkit("--help")
     assert result.returncode == 0
-    for group in ("models", "chat", "data"):
+    for group in ("models", "chat", "data", "sft", "dpo", "kto"):
         assert f"    {group}" in result.stdout
     from alignkit import __version__
 
@@ -209,3 +209,31 @@ def test_sft_with_bad_data_names_the_record(tiny_model_dir, write_jsonl, tmp_pat
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{path}:2: field 'messages[0].role' has unknown role 'robot'" in result.stderr
+
+
+def test_dpo_from_the_command_line(tiny_model_dir, preference_files, tmp_path):
+    train, held_out = preference_files
+    result = alignkit(
+        "dpo",
+        f"model={tiny_model_dir}",
+        f"data={train}",
+        f"eval_data={held_out}",
+        f"output_dir={tmp_path / 'run'}",
+        "loss=ipo",
+        "max_steps=2",
+        "batch_size=4",
+        "learning_rate=1e-3",
+        "save_every=null",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"done: 2 steps; model in {tmp_path / 'run' / 'final'}" in result.stdout
+    assert "reference log-probs" in result.stderr
+
+
+def test_dpo_rejects_an_unknown_loss():
+    result = alignkit("dpo", "data=x.jsonl", "loss=dpoo")
+    assert result.returncode == 2
+    assert (
+        "loss must be one of dpo, cdpo, ipo, hinge, robust, simpo, orpo, got 'dpoo'"
+        in result.stderr
+    )

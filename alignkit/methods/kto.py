@@ -1,0 +1,177 @@
+"""KTO (Ethayarajh et al. 2024) on unpaired data: each completion is labelled desirable
+or not. Preference pairs also work: each pair becomes one desirable (chosen) and one
+undesirable (rejected) example.
+
+The KL reference point z0 is estimated from mismatched prompt/completion pairs: example
+i is paired once, at data preparation, with the completion of example d(i) for a fixed
+derangement d, so the mismatched sequences' reference log-probs are precomputed and
+cached like the matched ones. Each micro-batch estimates z0 as the mean of
+(policy - ref) over its mismatched sequences, without gradient (the loss detaches it).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from alignkit.config import KTOConfig
+from alignkit.data.collators import PackingCollator, PaddingCollator
+from alignkit.data.loading import load_records
+from alignkit.data.records import Kind
+from alignkit.data.templating import ChatEncoder
+from alignkit.errors import DataError
+from alignkit.losses.preference import kto_loss
+from alignkit.methods.common import prepare
+from alignkit.methods.dpo import build_reference_table_for_sequences
+from alignkit.ops.logprobs import CausalLMLogps, reduce_sequences
+from alignkit.train.loop import TrainResult, train
+
+log = logging.getLogger("alignkit")
+
+
+def unpaired_records(path: str, config: KTOConfig, rejects_name: str) -> list[dict]:
+    """Unpaired records as they are; preference records split into two."""
+    loaded = load_records(
+        path,
+        None,
+        skip_invalid=config.skip_invalid,
+        rejects_path=Path(config.output_dir) / rejects_name,
+    )
+    if loaded.kind == Kind.UNPAIRED:
+        records = loaded.records
+    elif loaded.kind == Kind.PREFERENCE:
+        records = [
+            {"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+            for r in loaded.records
+            for side in ("chosen", "rejected")
+        ]
+    else:
+        raise DataError(
+            f"{path}: KTO needs unpaired records (prompt, completion, label) or preference pairs, "
+            f"found {loaded.kind.value} records"
+        )
+    if len({isinstance(r["prompt"], str) for r in records}) > 1:
+        raise DataError(
+            f"{path}: KTO pairs each prompt with another record's completion to estimate the KL "
+            f"term, so all records must use one text form (all strings or all message lists)"
+        )
+    return records
+
+
+def encode_examples(
+    records: list[dict], encoder: ChatEncoder, seed: int, offset: int
+) -> list[dict]:
+    """Each example: the matched sequence, a mismatched one (its prompt + another
+    example's completion, for the KL estimate), the label and its reference-table row.
+    Records that cannot fit `max_length` are dropped and counted in `encoder.report`."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    partner = {
+        order[k]: order[(k + 1) % len(order)] for k in range(len(order))
+    }  # a derangement when n > 1
+    examples = []
+    for i, record in enumerate(records):
+        matched = encoder.encode_unpaired(record)
+        mismatched = encoder.encode_unpaired(
+            {**record, "completion": records[partner[i]]["completion"]}
+        )
+        if matched is None or mismatched is None:
+            continue
+        examples.append(
+            {
+                "sequence": matched[0].sequence().features(),
+                "kl_sequence": mismatched[0].sequence().features(),
+                "desirable": matched[1],
+                "index": offset + len(examples),
+            }
+        )
+    if encoder.report.dropped:
+        log.warning("KTO: %s", encoder.report.summary())
+    return examples
+
+
+class KTOCollator:
+    """Examples -> one batch of 2B sequences: matched ones first, then mismatched."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.inner([e["sequence"] for e in examples] + [e["kl_sequence"] for e in examples])
+        batch["example_index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+        batch["desirable"] = torch.tensor([e["desirable"] for e in examples], dtype=torch.bool)
+        return batch
+
+
+def kto_step(
+    module, batch: dict, *, config: KTOConfig, reference: torch.Tensor
+) -> tuple[torch.Tensor, dict]:
+    packed = "cu_seqlens" in batch
+    logps, mask = module(
+        input_ids=batch["input_ids"],
+        labels=batch["labels"],
+        position_ids=batch["position_ids"] if packed else None,
+    )
+    sequences = reduce_sequences(logps, mask, batch["cu_seqlens"] if packed else None, "sum")
+    n = len(batch["example_index"])
+    table = reference.to(sequences.device)[
+        batch["example_index"]
+    ]  # (B, 2): matched, mismatched ref sums
+    kl = (sequences[n:] - table[:, 1]).detach().mean()
+    losses, metrics = kto_loss(
+        sequences[:n],
+        table[:, 0],
+        batch["desirable"],
+        kl=kl,
+        beta=config.beta,
+        desirable_weight=config.desirable_weight,
+        undesirable_weight=config.undesirable_weight,
+    )
+    return losses.sum(), metrics
+
+
+def count_examples(batch: dict) -> int:
+    return len(batch["example_index"])
+
+
+def run_kto(config: KTOConfig) -> TrainResult:
+    model, tokenizer = prepare(config)
+    encoder = ChatEncoder(
+        tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
+    )
+    examples = encode_examples(
+        unpaired_records(config.data, config, "rejects.jsonl"), encoder, config.seed, 0
+    )
+    eval_examples = None
+    if config.eval_data:
+        eval_examples = encode_examples(
+            unpaired_records(config.eval_data, config, "eval_rejects.jsonl"),
+            encoder,
+            config.seed,
+            len(examples),
+        )
+    log.info(
+        "KTO: %d examples (%d desirable)", len(examples), sum(e["desirable"] for e in examples)
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    inner = PackingCollator() if config.packing else PaddingCollator(pad)
+    everything = examples + (eval_examples or [])
+    sequences = [seq for e in everything for seq in (e["sequence"], e["kl_sequence"])]
+    stats = build_reference_table_for_sequences(model, sequences, inner, config)  # (2N, 2)
+    reference = stats[:, 0].reshape(len(everything), 2)
+    step = functools.partial(kto_step, config=config, reference=reference)
+    return train(
+        model,
+        examples,
+        KTOCollator(inner),
+        step,
+        config,
+        tokenizer=tokenizer,
+        forward_module=CausalLMLogps(model),
+        eval_examples=eval_examples,
+        units_fn=count_examples,
+    )
