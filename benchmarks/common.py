@@ -38,6 +38,17 @@ def sft_records(n: int, seed: int = 0, prompt_words=(5, 120), answer_words=(10, 
     ]
 
 
+def preference_records(n: int, seed: int = 0, prompt_words=(5, 120), answer_words=(1, 300)) -> list[dict]:
+    """Conversational pairs with long-tailed lengths; chosen and rejected drawn independently."""
+    rng = random.Random(seed)
+    return [
+        {"prompt": [{"role": "user", "content": words(rng, *prompt_words)}],
+         "chosen": [{"role": "assistant", "content": words(rng, *answer_words)}],
+         "rejected": [{"role": "assistant", "content": words(rng, *answer_words)}]}
+        for _ in range(n)
+    ]
+
+
 def write_jsonl(records: list[dict], path: Path) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
