@@ -38,13 +38,17 @@ def sft_records(n: int, seed: int = 0, prompt_words=(5, 120), answer_words=(10, 
     ]
 
 
-def preference_records(n: int, seed: int = 0, prompt_words=(5, 120), answer_words=(1, 300)) -> list[dict]:
+def preference_records(
+    n: int, seed: int = 0, prompt_words=(5, 120), answer_words=(1, 300)
+) -> list[dict]:
     """Conversational pairs with long-tailed lengths; chosen and rejected drawn independently."""
     rng = random.Random(seed)
     return [
-        {"prompt": [{"role": "user", "content": words(rng, *prompt_words)}],
-         "chosen": [{"role": "assistant", "content": words(rng, *answer_words)}],
-         "rejected": [{"role": "assistant", "content": words(rng, *answer_words)}]}
+        {
+            "prompt": [{"role": "user", "content": words(rng, *prompt_words)}],
+            "chosen": [{"role": "assistant", "content": words(rng, *answer_words)}],
+            "rejected": [{"role": "assistant", "content": words(rng, *answer_words)}],
+        }
         for _ in range(n)
     ]
 

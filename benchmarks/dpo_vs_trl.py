@@ -43,18 +43,33 @@ def training_order(n: int, args) -> list[int]:
 def real_tokens(model_dir, data_path, args) -> int:
     encoder = ChatEncoder(load_tokenizer(model_dir), max_length=args.max_length)
     pairs = [encoder.encode_pair(r) for r in load_records(data_path).records]
-    return sum(len(p.chosen.sequence().input_ids) + len(p.rejected.sequence().input_ids)
-               for p in (pairs[i] for i in training_order(len(pairs), args)))
+    return sum(
+        len(p.chosen.sequence().input_ids) + len(p.rejected.sequence().input_ids)
+        for p in (pairs[i] for i in training_order(len(pairs), args))
+    )
 
 
 def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool) -> dict:
-    config = load_config(DPOConfig, None, [
-        f"model={model_dir}", f"data={data_path}", f"output_dir={workdir / 'alignkit'}",
-        f"max_steps={args.steps}", f"batch_size={args.batch_size}", f"micro_batch_size={args.micro_batch_size}",
-        f"learning_rate={args.lr}", f"max_length={args.max_length}", "save_every=null", "log_every=1000",
-        "lr_schedule=constant", "loss=dpo", f"beta={args.beta}",
-        f"gradient_checkpointing={str(checkpointing).lower()}",
-    ])
+    config = load_config(
+        DPOConfig,
+        None,
+        [
+            f"model={model_dir}",
+            f"data={data_path}",
+            f"output_dir={workdir / 'alignkit'}",
+            f"max_steps={args.steps}",
+            f"batch_size={args.batch_size}",
+            f"micro_batch_size={args.micro_batch_size}",
+            f"learning_rate={args.lr}",
+            f"max_length={args.max_length}",
+            "save_every=null",
+            "log_every=1000",
+            "lr_schedule=constant",
+            "loss=dpo",
+            f"beta={args.beta}",
+            f"gradient_checkpointing={str(checkpointing).lower()}",
+        ],
+    )
     result = {}
     with measure(result):  # the reference pass is part of the work, so it is timed
         run_dpo(config)
@@ -76,17 +91,33 @@ def run_trl(model_dir, records, args, workdir: Path, checkpointing: bool) -> dic
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trl_config = TRLConfig(
-        output_dir=str(workdir / "trl"), max_steps=args.steps, per_device_train_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=args.batch_size // args.micro_batch_size, learning_rate=args.lr,
-        lr_scheduler_type="constant", max_length=args.max_length, beta=args.beta, save_strategy="no",
-        report_to=[], logging_steps=1000, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        bf16=False, seed=0, disable_tqdm=True, gradient_checkpointing=checkpointing,
+        output_dir=str(workdir / "trl"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        max_length=args.max_length,
+        beta=args.beta,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1000,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        bf16=False,
+        seed=0,
+        disable_tqdm=True,
+        gradient_checkpointing=checkpointing,
     )
     ordered = [records[i] for i in training_order(len(records), args)]
     result = {}
     with measure(result):  # TRL builds its reference copy inside the trainer: timed too
-        trainer = InOrderDPOTrainer(model=model, args=trl_config, train_dataset=Dataset.from_list(ordered),
-                                    processing_class=tokenizer)
+        trainer = InOrderDPOTrainer(
+            model=model,
+            args=trl_config,
+            train_dataset=Dataset.from_list(ordered),
+            processing_class=tokenizer,
+        )
         trainer.train()
     del trainer, model
     release_memory()
@@ -94,14 +125,18 @@ def run_trl(model_dir, records, args, workdir: Path, checkpointing: bool) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--micro-batch-size", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--only", choices=["off", "on"], help="run one gradient-checkpointing setting only")
+    parser.add_argument(
+        "--only", choices=["off", "on"], help="run one gradient-checkpointing setting only"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_vs_trl.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -122,30 +157,48 @@ def main() -> None:
             setting = "on" if checkpointing else "off"
             if args.only and args.only != setting:
                 continue
-            results[f"TRL DPOTrainer, checkpointing {setting}"] = run_trl(model_dir, records, args, workdir, checkpointing)
-            results[f"alignkit dpo, checkpointing {setting}"] = run_alignkit(model_dir, data_path, args, workdir,
-                                                                             checkpointing)
+            results[f"TRL DPOTrainer, checkpointing {setting}"] = run_trl(
+                model_dir, records, args, workdir, checkpointing
+            )
+            results[f"alignkit dpo, checkpointing {setting}"] = run_alignkit(
+                model_dir, data_path, args, workdir, checkpointing
+            )
 
     import transformers
     import trl
 
     work = 8 * parameters * tokens  # 6 policy + 2 reference FLOP per parameter per real token
-    print(f"DPO, SmolLM2-135M full fine-tuning, {args.steps} steps x {args.batch_size} pairs "
-          f"(micro {args.micro_batch_size}), {tokens} real tokens, device "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'} ({torch.get_num_threads()} threads), "
-          f"matmul {machine / 1e9:.0f} GFLOP/s; torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, trl {trl.__version__}")
-    print(f"{'':<40}{'seconds':>9}{'peak MiB':>10}{'of matmul':>11}{'speed vs TRL':>14}{'memory vs TRL':>15}")
+    print(
+        f"DPO, SmolLM2-135M full fine-tuning, {args.steps} steps x {args.batch_size} pairs "
+        f"(micro {args.micro_batch_size}), {tokens} real tokens, device "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'} ({torch.get_num_threads()} threads), "
+        f"matmul {machine / 1e9:.0f} GFLOP/s; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, trl {trl.__version__}"
+    )
+    print(
+        f"{'':<40}{'seconds':>9}{'peak MiB':>10}{'of matmul':>11}{'speed vs TRL':>14}{'memory vs TRL':>15}"
+    )
     for name, r in results.items():
         baseline = results[name.replace("alignkit dpo", "TRL DPOTrainer")]
         r["utilisation"] = work / r["seconds"] / machine
         r["speedup_vs_trl"] = baseline["seconds"] / r["seconds"]
         r["memory_ratio_vs_trl"] = r["peak_mib"] / baseline["peak_mib"]
-        print(f"{name:<40}{r['seconds']:>9.1f}{r['peak_mib']:>10.0f}{r['utilisation']:>10.0%}"
-              f"{r['speedup_vs_trl']:>13.2f}x{r['memory_ratio_vs_trl']:>14.2f}x")
+        print(
+            f"{name:<40}{r['seconds']:>9.1f}{r['peak_mib']:>10.0f}{r['utilisation']:>10.0%}"
+            f"{r['speedup_vs_trl']:>13.2f}x{r['memory_ratio_vs_trl']:>14.2f}x"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "tokens": tokens,
-                                    "matmul_flops_per_s": machine, "results": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "settings": {k: str(v) for k, v in vars(args).items()},
+                "tokens": tokens,
+                "matmul_flops_per_s": machine,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from common import measure, release_memory, sft_records, write_jsonl  # noqa: E4
 
 from alignkit.config import SFTConfig, load_config  # noqa: E402
 from alignkit.data.templating import ChatEncoder  # noqa: E402
-from alignkit.methods.sft import build_collator, sft_step  # noqa: E402
+from alignkit.methods.common import build_collator  # noqa: E402
+from alignkit.methods.sft import sft_step  # noqa: E402
 from alignkit.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_path  # noqa: E402
 from alignkit.ops.logprobs import CausalLMLogps  # noqa: E402
 from alignkit.train.loop import step_indices, train  # noqa: E402

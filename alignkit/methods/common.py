@@ -9,12 +9,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.loading import load_records
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import load_model, load_tokenizer
 from alignkit.models.lora import apply_lora
 
 log = logging.getLogger("alignkit")
+
+
+def build_collator(tokenizer, packing: bool):
+    """Padding-free packing, or right padding with the tokenizer's pad id (EOS if none)."""
+    if packing:
+        return PackingCollator()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PaddingCollator(pad)
 
 
 def seed_everything(seed: int) -> None:

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 
 import torch
 
 from alignkit.config import DPOConfig
-from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.templating import ChatEncoder
 from alignkit.losses.preference import MEAN_REDUCTION, PAIRED_LOSSES, REFERENCE_FREE_LOSSES
-from alignkit.methods.common import load_encoded, prepare
-from alignkit.methods.reference import compute_sequence_stats, model_identity, reference_stats
-from alignkit.models.device import select_device
-from alignkit.models.loading import load_model, resolve_model_path
-from alignkit.ops.logprobs import CausalLMLogps, reduce_sequences
+from alignkit.methods.common import build_collator, load_encoded, prepare
+from alignkit.methods.reference import reference_table
+from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps, reduce_sequences
 from alignkit.train.loop import TrainResult, train
 
 log = logging.getLogger("alignkit")
@@ -56,14 +52,9 @@ def dpo_step(
 ) -> tuple[torch.Tensor, dict]:
     """Summed preference loss of one micro-batch; `reference` is the (pairs, 2, 2) table
     of [chosen, rejected] x [summed log-prob, target count]."""
-    packed = "cu_seqlens" in batch
-    logps, mask = module(
-        input_ids=batch["input_ids"],
-        labels=batch["labels"],
-        position_ids=batch["position_ids"] if packed else None,
-    )
+    logps, mask, cu_seqlens = batch_token_logps(module, batch)
     reduction = "mean" if config.loss in MEAN_REDUCTION else "sum"
-    sequences = reduce_sequences(logps, mask, batch["cu_seqlens"] if packed else None, reduction)
+    sequences = reduce_sequences(logps, mask, cu_seqlens, reduction)
     chosen, rejected = sequences[0::2], sequences[1::2]
     if config.loss in REFERENCE_FREE_LOSSES:
         extra = {"gamma": config.simpo_gamma} if config.loss == "simpo" else {}
@@ -109,39 +100,10 @@ def encode_pairs(encoder: ChatEncoder, config: DPOConfig, offset: int):
     return encode
 
 
-def build_reference_table_for_sequences(
-    model, sequences: list[dict], collate, config
-) -> torch.Tensor:
-    """(S, 2) reference [summed log-prob, target count] per sequence, cached or computed once."""
-    device = select_device(config.device)
-    if config.ref_model is not None:
-        identity = model_identity(resolve_model_path(config.ref_model))
-
-        def compute():
-            reference = load_model(config.ref_model, device="cpu", dtype="float32")
-            return compute_sequence_stats(reference, sequences, collate, config.micro_batch, device)
-    else:
-        identity = model_identity(resolve_model_path(config.model))
-        lora = hasattr(model, "disable_adapter")
-
-        def compute():
-            stats = compute_sequence_stats(
-                model, sequences, collate, config.micro_batch, device, disable_adapter=lora
-            )
-            model.to("cpu")
-            return stats
-
-    return reference_stats(
-        sequences, run_dir=Path(config.output_dir), reference=identity, compute=compute
-    )
-
-
 def build_reference_table(model, pairs: list[dict], collate, config: DPOConfig) -> torch.Tensor:
     """(pairs, 2, 2): [chosen, rejected] x [summed log-prob, target count]."""
     sequences = [seq for pair in pairs for seq in (pair["chosen"], pair["rejected"])]
-    return build_reference_table_for_sequences(model, sequences, collate, config).reshape(
-        len(pairs), 2, 2
-    )
+    return reference_table(model, sequences, collate, config).reshape(len(pairs), 2, 2)
 
 
 def run_dpo(config: DPOConfig) -> TrainResult:
@@ -165,8 +127,7 @@ def run_dpo(config: DPOConfig) -> TrainResult:
             config,
             rejects_name="eval_rejects.jsonl",
         )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = PairCollator(PackingCollator() if config.packing else PaddingCollator(pad))
+    collate = PairCollator(build_collator(tokenizer, config.packing))
     reference = None
     if config.loss not in REFERENCE_FREE_LOSSES:
         sequence_collate = collate.inner

@@ -19,15 +19,14 @@ from pathlib import Path
 import torch
 
 from alignkit.config import KTOConfig
-from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.loading import load_records
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder
 from alignkit.errors import DataError
 from alignkit.losses.preference import kto_loss
-from alignkit.methods.common import prepare
-from alignkit.methods.dpo import build_reference_table_for_sequences
-from alignkit.ops.logprobs import CausalLMLogps, reduce_sequences
+from alignkit.methods.common import build_collator, prepare
+from alignkit.methods.reference import reference_table
+from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps, reduce_sequences
 from alignkit.train.loop import TrainResult, train
 
 log = logging.getLogger("alignkit")
@@ -110,13 +109,8 @@ class KTOCollator:
 def kto_step(
     module, batch: dict, *, config: KTOConfig, reference: torch.Tensor
 ) -> tuple[torch.Tensor, dict]:
-    packed = "cu_seqlens" in batch
-    logps, mask = module(
-        input_ids=batch["input_ids"],
-        labels=batch["labels"],
-        position_ids=batch["position_ids"] if packed else None,
-    )
-    sequences = reduce_sequences(logps, mask, batch["cu_seqlens"] if packed else None, "sum")
+    logps, mask, cu_seqlens = batch_token_logps(module, batch)
+    sequences = reduce_sequences(logps, mask, cu_seqlens, "sum")
     n = len(batch["example_index"])
     table = reference.to(sequences.device)[
         batch["example_index"]
@@ -157,11 +151,10 @@ def run_kto(config: KTOConfig) -> TrainResult:
     log.info(
         "KTO: %d examples (%d desirable)", len(examples), sum(e["desirable"] for e in examples)
     )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    inner = PackingCollator() if config.packing else PaddingCollator(pad)
+    inner = build_collator(tokenizer, config.packing)
     everything = examples + (eval_examples or [])
     sequences = [seq for e in everything for seq in (e["sequence"], e["kl_sequence"])]
-    stats = build_reference_table_for_sequences(model, sequences, inner, config)  # (2N, 2)
+    stats = reference_table(model, sequences, inner, config)  # (2N, 2)
     reference = stats[:, 0].reshape(len(everything), 2)
     step = functools.partial(kto_step, config=config, reference=reference)
     return train(

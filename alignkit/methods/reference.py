@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignkit.fsutil import alignkit_home
-from alignkit.ops.logprobs import CausalLMLogps, reduce_sequences
+from alignkit.models.device import select_device
+from alignkit.models.loading import load_model, resolve_model_path
+from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps, reduce_sequences
 
 log = logging.getLogger("alignkit")
 
@@ -58,14 +60,10 @@ def compute_sequence_stats(
     out = []
     with context:
         for start in range(0, len(sequences), micro):
-            batch = collate_fn(sequences[start : start + micro])
-            packed = "cu_seqlens" in batch
-            logps, mask = module(
-                input_ids=batch["input_ids"].to(device),
-                labels=batch["labels"].to(device),
-                position_ids=batch["position_ids"].to(device) if packed else None,
-            )
-            cu = batch["cu_seqlens"].to(device) if packed else None
+            batch = {
+                k: v.to(device) for k, v in collate_fn(sequences[start : start + micro]).items()
+            }
+            logps, mask, cu = batch_token_logps(module, batch)
             sums = reduce_sequences(logps, mask, cu, "sum")
             counts = reduce_sequences(torch.ones_like(logps), mask, cu, "sum")
             out.append(torch.stack([sums, counts], dim=-1).float().cpu())
@@ -94,3 +92,28 @@ def reference_stats(sequences, *, run_dir: Path, reference: str, compute) -> tor
         save_file({"stats": stats.contiguous()}, str(tmp))
         tmp.replace(path)
     return stats
+
+
+def reference_table(model, sequences: list[dict], collate, config) -> torch.Tensor:
+    """(S, 2) reference [summed log-prob, target count] per sequence, cached or computed once."""
+    device = select_device(config.device)
+    if config.ref_model is not None:
+        identity = model_identity(resolve_model_path(config.ref_model))
+
+        def compute():
+            reference = load_model(config.ref_model, device="cpu", dtype="float32")
+            return compute_sequence_stats(reference, sequences, collate, config.micro_batch, device)
+    else:
+        identity = model_identity(resolve_model_path(config.model))
+        lora = hasattr(model, "disable_adapter")
+
+        def compute():
+            stats = compute_sequence_stats(
+                model, sequences, collate, config.micro_batch, device, disable_adapter=lora
+            )
+            model.to("cpu")
+            return stats
+
+    return reference_stats(
+        sequences, run_dir=Path(config.output_dir), reference=identity, compute=compute
+    )

@@ -11,10 +11,9 @@ import logging
 import torch
 
 from alignkit.config import SFTConfig
-from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.templating import ChatEncoder
-from alignkit.methods.common import load_encoded, prepare
-from alignkit.ops.logprobs import CausalLMLogps
+from alignkit.methods.common import build_collator, load_encoded, prepare
+from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps
 from alignkit.train.loop import TrainResult, train
 
 log = logging.getLogger("alignkit")
@@ -22,20 +21,8 @@ log = logging.getLogger("alignkit")
 
 def sft_step(module: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     """Summed negative log-likelihood of the target tokens of one micro-batch."""
-    logps, mask = module(
-        input_ids=batch["input_ids"],
-        labels=batch["labels"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-    )
+    logps, _mask, _cu_seqlens = batch_token_logps(module, batch)
     return -logps.sum(), {}
-
-
-def build_collator(tokenizer, packing: bool):
-    if packing:
-        return PackingCollator()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PaddingCollator(pad)
 
 
 def run_sft(config: SFTConfig) -> TrainResult:

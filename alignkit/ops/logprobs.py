@@ -159,6 +159,23 @@ class CausalLMLogps(nn.Module):
         return logps * mask, mask
 
 
+def batch_token_logps(module: nn.Module, batch: dict):
+    """Run a `CausalLMLogps` (or its DDP wrapper) on a collated batch.
+
+    Returns (logps, mask, cu_seqlens): cu_seqlens is None for padded batches. Packed rows
+    need their restarting `position_ids`. Right-padded rows need neither attention mask
+    nor positions: under causal attention no real token sees the pads after it, so the
+    results are identical, and SDPA can take its fused causal path.
+    """
+    packed = "cu_seqlens" in batch
+    logps, mask = module(
+        input_ids=batch["input_ids"],
+        labels=batch["labels"],
+        position_ids=batch["position_ids"] if packed else None,
+    )
+    return logps, mask, batch["cu_seqlens"] if packed else None
+
+
 def reduce_sequences(
     token_logps: torch.Tensor,
     mask: torch.Tensor,

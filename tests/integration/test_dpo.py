@@ -70,7 +70,7 @@ def test_reference_logps_are_computed_once_and_reused_on_resume(
     def no_recompute(*args, **kwargs):
         raise AssertionError("reference log-probs were recomputed")
 
-    monkeypatch.setattr("alignkit.methods.dpo.compute_sequence_stats", no_recompute)
+    monkeypatch.setattr("alignkit.methods.reference.compute_sequence_stats", no_recompute)
     resumed = run_dpo(
         dpo_config(
             tiny_model_dir,

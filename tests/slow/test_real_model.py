@@ -59,5 +59,7 @@ def test_sft_teaches_the_real_model_a_fact(tmp_path):
         [[{"role": "user", "content": "What is the secret word?"}]],
         GenerationSettings(max_new_tokens=20),
     )[0]
-    print(f"\nSFT on SmolLM2-135M: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps; reply: {reply!r}")
+    print(
+        f"\nSFT on SmolLM2-135M: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps; reply: {reply!r}"
+    )
     assert "pelican" in reply.lower()
