@@ -212,6 +212,38 @@ class KTOConfig(TrainConfig):
     packing: bool = setting(True, "pack each micro-batch into one padding-free row")
 
 
+@dataclass
+class RewardConfig(TrainConfig):
+    output_dir: str = setting(
+        "runs/rm", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    learning_rate: float = setting(1e-5, "peak learning rate (AdamW)")
+    num_heads: int = setting(
+        1, "scalar heads over the shared backbone; > 1 is an ensemble with mean and std"
+    )
+    bootstrap: bool = setting(
+        True, "ensembles: each head weights each record by its own Poisson(1) draw"
+    )
+    center_coef: float = setting(
+        0.0, "reward centering: add center_coef * (r_chosen + r_rejected)^2 to the loss"
+    )
+    norm_data: str | None = setting(
+        None,
+        "responses whose mean reward is shifted to 0 after training; default eval_data, else data",
+    )
+    norm_samples: int = setting(1000, "use at most this many records of norm_data")
+    packing: bool = setting(True, "pack each micro-batch into one padding-free row")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_heads < 1:
+            raise ConfigError(f"num_heads must be at least 1, got {self.num_heads}")
+        if self.center_coef < 0:
+            raise ConfigError(f"center_coef must be >= 0, got {self.center_coef}")
+        if self.norm_samples < 1:
+            raise ConfigError(f"norm_samples must be at least 1, got {self.norm_samples}")
+
+
 # ---- building configs -----------------------------------------------------------------
 
 

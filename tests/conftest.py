@@ -109,3 +109,59 @@ def preference_files(tmp_path_factory):
     train.write_text("".join(json.dumps(pair(w)) + "\n" for w in nouns[:32]))
     held_out.write_text("".join(json.dumps(pair(w)) + "\n" for w in nouns[32:48]))
     return train, held_out
+
+
+GOOD_WORDS = "good great happy lovely wonderful bright kind".split()
+BAD_WORDS = "bad awful sad ugly terrible dark cruel".split()
+NEUTRAL_WORDS = "table river chair window paper music street garden".split()
+
+
+def sentiment_words_reply(rng):
+    """A reply of 3-6 words and its ground-truth reward: #good words - #bad words."""
+    words = [
+        rng.choice(GOOD_WORDS + BAD_WORDS + NEUTRAL_WORDS * 2) for _ in range(rng.randint(3, 6))
+    ]
+    return " ".join(words), sum(w in GOOD_WORDS for w in words) - sum(w in BAD_WORDS for w in words)
+
+
+@pytest.fixture(scope="session")
+def reward_task_files(tmp_path_factory):
+    """A reward-model task with a known ground truth (#good - #bad words in the reply).
+    train.jsonl: 192 pairs and 64 rankings of 3 replies; eval.jsonl: 64 held-out pairs."""
+    import random
+
+    folder = tmp_path_factory.mktemp("reward-task")
+    prompt = [{"role": "user", "content": "Describe your day."}]
+
+    def replies(rng, k):
+        while True:
+            drawn = [sentiment_words_reply(rng) for _ in range(k)]
+            if len({reward for _, reward in drawn}) == k:
+                return drawn
+
+    def pair(rng):
+        (a, ra), (b, rb) = replies(rng, 2)
+        if ra < rb:
+            a, b = b, a
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": a}],
+            "rejected": [{"role": "assistant", "content": b}],
+        }
+
+    def ranking(rng):
+        drawn = replies(rng, 3)
+        order = sorted(range(3), key=lambda i: -drawn[i][1])
+        return {
+            "prompt": prompt,
+            "responses": [[{"role": "assistant", "content": text}] for text, _ in drawn],
+            "ranking": order,
+        }
+
+    rng = random.Random(0)
+    train = [pair(rng) if i % 4 else ranking(rng) for i in range(256)]
+    held_out = [pair(random.Random(1000 + i)) for i in range(64)]
+    paths = folder / "train.jsonl", folder / "eval.jsonl"
+    for path, records in zip(paths, (train, held_out), strict=True):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return paths

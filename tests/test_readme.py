@@ -36,3 +36,18 @@ def test_training_docs_document_every_config_key():
     docs = (README.parent / "docs" / "training.md").read_text()
     missing = [f.name for f in dataclasses.fields(SFTConfig) if f"| `{f.name}`" not in docs]
     assert not missing, f"docs/training.md does not document: {missing}"
+
+
+def test_reward_docs_document_every_reward_key():
+    import dataclasses
+
+    from alignkit.config import RewardConfig, TrainConfig
+
+    common = {f.name for f in dataclasses.fields(TrainConfig)}
+    docs = (README.parent / "docs" / "reward.md").read_text()
+    missing = [
+        f.name
+        for f in dataclasses.fields(RewardConfig)
+        if f.name not in common and f"| `{f.name}`" not in docs
+    ]
+    assert not missing, f"docs/reward.md does not document: {missing}"

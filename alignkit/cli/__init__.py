@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "alignkit.cli.sft",
     "alignkit.cli.dpo",
     "alignkit.cli.kto",
+    "alignkit.cli.rm",
+    "alignkit.cli.score",
 )
 
 

@@ -44,19 +44,29 @@ class LoadedRecords:
         return len(self.records)
 
 
+KindSpec = Kind | str | tuple | None
+
+
 def iter_checked(
-    path: str | Path, kind: Kind | str | None = None
+    path: str | Path, kind: KindSpec = None
 ) -> Iterator[tuple[Location, Any, RecordProblem | None]]:
     """Stream `(location, record, problem)`; `problem` is None for a valid record.
 
-    With `kind=None` the kind is inferred from the first record that looks like one.
-    Memory stays constant in file size (used by streaming commands such as scoring).
+    With `kind=None` the kind is inferred from the first record that looks like one. A
+    tuple of kinds accepts a mix: each record is checked as the kind its fields suggest
+    if that kind is allowed, else as the first one (whose error then says what is
+    missing). Memory stays constant in file size (used by streaming commands such as
+    scoring).
     """
-    wanted = Kind(kind) if kind is not None else None
+    allowed = tuple(Kind(k) for k in kind) if isinstance(kind, tuple) else None
+    wanted = Kind(kind) if kind is not None and allowed is None else None
     for location, value in read_raw(path):
         if isinstance(value, Unreadable):
             yield location, value.raw, RecordProblem(location, value.message, value.raw)
             continue
+        if allowed is not None:
+            guess = infer_kind(value)
+            wanted = guess if guess in allowed else allowed[0]
         if wanted is None:
             wanted = infer_kind(value)
             if wanted is None:
@@ -81,7 +91,7 @@ def iter_checked(
 
 def load_records(
     path: str | Path,
-    kind: Kind | str | None = None,
+    kind: KindSpec = None,
     *,
     skip_invalid: bool = False,
     rejects_path: str | Path | None = None,
@@ -95,7 +105,7 @@ def load_records(
     """
     records: list[dict[str, Any]] = []
     problems: list[RecordProblem] = []
-    resolved_kind = Kind(kind) if kind is not None else None
+    resolved_kind = Kind(kind) if kind is not None and not isinstance(kind, tuple) else None
     for _location, value, problem in iter_checked(path, kind):
         if problem is not None:
             problems.append(problem)

@@ -1,6 +1,7 @@
 """Record kinds and their validation.
 
-A record is a plain dict as read from a file. Four kinds (DESIGN "Data formats"):
+A record is a plain dict as read from a file. Five kinds: the four of DESIGN "Data
+formats", plus K-way rankings for reward models (InstructGPT-style comparisons):
 
 | kind       | fields                                                                  |
 |------------|-------------------------------------------------------------------------|
@@ -8,6 +9,7 @@ A record is a plain dict as read from a file. Four kinds (DESIGN "Data formats")
 | preference | `prompt` + `chosen` + `rejected`; optional `margin`, `p_chosen`, `id`   |
 | unpaired   | `prompt` + `completion` + `label` (bool)                                |
 | prompt     | `prompt`                                                                |
+| ranking    | `prompt` + `responses` (K >= 2) + `ranking` (response indices, best first) |
 
 Text fields are either a string ("standard" form: raw text, no chat template) or a list
 of `{role, content}` messages ("conversational" form: rendered with the chat template),
@@ -31,6 +33,7 @@ class Kind(str, Enum):
     PREFERENCE = "preference"
     UNPAIRED = "unpaired"
     PROMPT = "prompt"
+    RANKING = "ranking"
 
 
 class RecordInvalid(ValueError):
@@ -57,6 +60,8 @@ def infer_kind(record: Any) -> Kind | None:
         return None
     if "chosen" in record or "rejected" in record:
         return Kind.PREFERENCE
+    if "responses" in record or "ranking" in record:
+        return Kind.RANKING
     if "label" in record:
         return Kind.UNPAIRED
     if "messages" in record or "completion" in record:
@@ -194,9 +199,38 @@ def _validate_prompt(record: dict) -> None:
     _check_prompt(record)
 
 
+def _validate_ranking(record: dict) -> None:
+    form = _check_prompt(record)
+    responses = _require(record, "responses")
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise RecordInvalid(
+            "responses", f"must be a list of at least 2 responses, got {_describe(responses)}"
+        )
+    for i in range(len(responses)):
+        _check_completion(
+            {"prompt": record["prompt"], f"responses[{i}]": responses[i]}, f"responses[{i}]", form
+        )
+    ranking = _require(record, "ranking")
+    if not isinstance(ranking, list) or sorted(
+        r if isinstance(r, int) and not isinstance(r, bool) else -1 for r in ranking
+    ) != list(range(len(responses))):
+        raise RecordInvalid(
+            "ranking",
+            f"must list every index 0..{len(responses) - 1} of 'responses' once, best first; "
+            f"got {ranking!r}",
+        )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return _type_name(value)
+
+
 _VALIDATORS = {
     Kind.SFT: _validate_sft,
     Kind.PREFERENCE: _validate_preference,
     Kind.UNPAIRED: _validate_unpaired,
     Kind.PROMPT: _validate_prompt,
+    Kind.RANKING: _validate_ranking,
 }

@@ -4,7 +4,9 @@ Rules (DESIGN "Data formats"):
 - Loss is on assistant tokens only: `labels` is `IGNORE_INDEX` (-100) everywhere else.
 - The assistant's end-of-turn token (the tokenizer's EOS, `<|im_end|>` for SmolLM2) is
   part of the target, so the model learns to stop. Template text after it (SmolLM2 adds
-  a newline) is context, not target, and is trimmed off the end of a completion.
+  a newline) is context, not target, and is trimmed off the end of a completion, except
+  with `keep_trailing_context=True` (reward models: they are scored on exactly the text
+  `apply_chat_template` renders, as other tools feed them).
 - Conversational records are rendered with the tokenizer's chat template. The target
   span of assistant turn i is found by rendering the conversation up to turn i (with the
   generation prompt) and checking that its tokens are a prefix of the whole
@@ -103,6 +105,7 @@ class ChatEncoder:
         max_length: int | None = None,
         max_prompt_length: int | None = None,
         end_of_turn_ids: set[int] | None = None,
+        keep_trailing_context: bool = False,
     ):
         if (
             max_length is not None
@@ -115,6 +118,7 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
+        self.keep_trailing_context = keep_trailing_context
         if end_of_turn_ids is None:
             end_of_turn_ids = (
                 {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -135,7 +139,8 @@ class ChatEncoder:
         """An sft record -> one sequence, or None if it cannot fit (counted in `report`)."""
         if record.get("messages") is not None:
             ids, labels = self.encode_conversation(record["messages"], first_trainable=0)
-            ids, labels = _trim_trailing_context(ids, labels)
+            if not self.keep_trailing_context:
+                ids, labels = _trim_trailing_context(ids, labels)
             truncated = self.max_length is not None and len(ids) > self.max_length
             if truncated:
                 ids, labels = ids[: self.max_length], labels[: self.max_length]
@@ -151,11 +156,19 @@ class ChatEncoder:
 
     def encode_pair(self, record: dict) -> EncodedPair | None:
         """A preference record -> chosen and rejected sharing the same prompt tokens."""
-        prompt_ids = self._prompt_ids(record["prompt"])
-        chosen = self._completion_after(record["prompt"], prompt_ids, record["chosen"])
-        rejected = self._completion_after(record["prompt"], prompt_ids, record["rejected"])
-        fitted = self._fit_all([chosen, rejected], record)
+        fitted = self.encode_responses(record, [record["chosen"], record["rejected"]])
         return EncodedPair(*fitted) if fitted is not None else None
+
+    def encode_responses(
+        self, record: dict, responses: list[str | list[dict]]
+    ) -> list[EncodedCompletion] | None:
+        """Several responses to `record["prompt"]`, sharing the same (truncated) prompt
+        tokens; None if any cannot fit (the record is then dropped, and counted)."""
+        prompt_ids = self._prompt_ids(record["prompt"])
+        completions = [
+            self._completion_after(record["prompt"], prompt_ids, response) for response in responses
+        ]
+        return self._fit_all(completions, record)
 
     def encode_unpaired(self, record: dict) -> tuple[EncodedCompletion, bool] | None:
         """An unpaired (KTO) record -> (completion, desirable)."""
@@ -195,7 +208,9 @@ class ChatEncoder:
             return EncodedCompletion(list(prompt_ids), ids, list(ids))
         ids, labels = self.encode_conversation(prompt + completion, first_trainable=len(prompt))
         _check_prefix(prompt_ids, ids, what="the prompt")
-        ids, labels = _trim_trailing_context(ids[len(prompt_ids) :], labels[len(prompt_ids) :])
+        ids, labels = ids[len(prompt_ids) :], labels[len(prompt_ids) :]
+        if not self.keep_trailing_context:
+            ids, labels = _trim_trailing_context(ids, labels)
         return EncodedCompletion(list(prompt_ids), ids, labels)
 
     def encode_conversation(

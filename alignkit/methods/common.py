@@ -11,6 +11,7 @@ import torch
 
 from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.loading import load_records
+from alignkit.data.records import Kind
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import load_model, load_tokenizer
 from alignkit.models.lora import apply_lora
@@ -56,7 +57,7 @@ def load_trainable_model(config):
     return model, tokenizer
 
 
-def load_encoded(path: str, kind: str, encode, config, *, rejects_name: str) -> list:
+def load_encoded(path: str, kind, encode, config, *, rejects_name: str) -> list:
     """Load, validate and encode one data file; report what truncation dropped."""
     records = load_records(
         path,
@@ -71,7 +72,7 @@ def load_encoded(path: str, kind: str, encode, config, *, rejects_name: str) -> 
         "%s: %d %s records, %d examples%s",
         path,
         len(records),
-        kind,
+        "/".join(Kind(k).value for k in kind) if isinstance(kind, tuple) else Kind(kind).value,
         len(examples),
         f" ({dropped} dropped: no room for a target within max_length)" if dropped else "",
     )

@@ -146,12 +146,14 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     model_class=None,
+    **from_pretrained_kwargs,
 ):
     """Load a causal LM (or `model_class`) for `spec` onto `device` in `dtype`.
 
     A PEFT adapter folder loads its base model and applies the adapter. transformers
     prefers safetensors and reads any `.bin` with `weights_only=True`; remote code runs
-    only with `trust_remote_code=True`.
+    only with `trust_remote_code=True`. Extra keyword arguments (e.g. `num_labels`) go to
+    `from_pretrained`.
     """
     from transformers import AutoModelForCausalLM
 
@@ -162,7 +164,7 @@ def load_model(
     adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
     base_path = _adapter_base(path) if adapter else path
     model = model_class.from_pretrained(
-        base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
     )
     if adapter:
         from peft import PeftModel

@@ -26,8 +26,11 @@ class LoraSettings:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
-def apply_lora(model, settings: LoraSettings):
-    """Wrap `model` with fresh LoRA adapters; only the adapters are trainable."""
+def apply_lora(model, settings: LoraSettings, *, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with fresh LoRA adapters; only the adapters are trainable.
+
+    `task_type="SEQ_CLS"` (reward models) also trains the new scalar head in full.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -35,6 +38,6 @@ def apply_lora(model, settings: LoraSettings):
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=settings.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, config)

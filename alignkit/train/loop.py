@@ -106,12 +106,15 @@ def train(
     forward_module: torch.nn.Module | None = None,
     eval_examples: Sequence | None = None,
     units_fn: Callable[[dict], int] = count_target_tokens,
+    finalize: Callable | None = None,
 ) -> TrainResult:
     """Train `model` on `examples`; write the run folder; return where `final/` is.
 
     `model` is what checkpoints and `final/` hold (a transformers or PEFT model);
     `forward_module` (default `model`) is what `step_fn` calls, wrapped in DDP under
-    torchrun.
+    torchrun. `finalize(model, tokenizer, final_dir) -> metrics | None`, when given,
+    writes `final/` instead of `save_final` (on the main process); the metrics it
+    returns are logged at the last step.
     """
     output_dir = Path(config.output_dir)
     device = select_device(config.device)
@@ -266,7 +269,13 @@ def train(
             sink.step(state.step, final_eval, advance=False)
         final_dir = output_dir / "final"
         if dist.is_main:
-            save_final(model, tokenizer, final_dir, merge_lora=config.merge_lora)
+            if finalize is None:
+                save_final(model, tokenizer, final_dir, merge_lora=config.merge_lora)
+            else:
+                final_metrics = finalize(model, tokenizer, final_dir) or {}
+                if final_metrics:
+                    last_metrics = {**last_metrics, **final_metrics}
+                    sink.step(state.step, final_metrics, advance=False)
             sink.message(f"wrote {final_dir}")
         dist.barrier()
     finally:

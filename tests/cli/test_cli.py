@@ -24,7 +24,7 @@ def alignkit(*args, stdin=None):
 def test_help_lists_command_groups_and_version():
     result = alignkit("--help")
     assert result.returncode == 0
-    for group in ("models", "chat", "data", "sft", "dpo", "kto"):
+    for group in ("models", "chat", "data", "sft", "dpo", "kto", "rm", "score"):
         assert f"    {group}" in result.stdout
     from alignkit import __version__
 
@@ -237,3 +237,94 @@ def test_dpo_rejects_an_unknown_loss():
         "loss must be one of dpo, cdpo, ipo, hinge, robust, simpo, orpo, got 'dpoo'"
         in result.stderr
     )
+
+
+def test_rm_and_score_from_the_command_line(tiny_model_dir, reward_task_files, tmp_path):
+    train, held_out = reward_task_files
+    result = alignkit(
+        "rm",
+        f"model={tiny_model_dir}",
+        f"data={train}",
+        f"output_dir={tmp_path / 'run'}",
+        "max_steps=2",
+        "batch_size=4",
+        "num_heads=2",
+        "save_every=null",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"done: 2 steps; model in {tmp_path / 'run' / 'final'}" in result.stdout
+    source = tmp_path / "replies.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"prompt": "Describe your day.", "completion": text}) + "\n"
+            for text in ("good", "bad day", "great")
+        )
+    )
+    out = tmp_path / "scored.jsonl"
+    result = alignkit(
+        "score",
+        "--model",
+        str(tmp_path / "run" / "final"),
+        "--data",
+        str(source),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scored 3 records" in result.stdout
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["completion"] for r in scored] == ["good", "bad day", "great"]
+    assert all(isinstance(r["score"], float) and r["score_std"] >= 0 for r in scored)
+
+
+@pytest.fixture(scope="module")
+def foreign_reward_model(tmp_path_factory, tokenizer):
+    """A reward model as transformers saves one (not trained by alignkit)."""
+    from transformers import LlamaForSequenceClassification
+
+    from alignkit.models.tiny import tiny_config
+
+    folder = tmp_path_factory.mktemp("foreign-rm")
+    LlamaForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_score_refuses_a_model_that_is_not_a_reward_model(tiny_model_dir, write_jsonl, tmp_path):
+    source = write_jsonl([{"prompt": "p", "completion": "ok"}])
+    result = alignkit(
+        "score", "--model", str(tiny_model_dir), "--data", str(source), "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2
+    assert "is not a reward model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_score_with_a_bad_record_names_it_and_writes_nothing(
+    foreign_reward_model, write_jsonl, tmp_path
+):
+    source = write_jsonl([{"prompt": "p", "completion": "ok"}, {"prompt": "p", "completion": 3}])
+    out = tmp_path / "scored.jsonl"
+    tiny_model_dir = foreign_reward_model
+    result = alignkit(
+        "score", "--model", str(tiny_model_dir), "--data", str(source), "--out", str(out)
+    )
+    assert result.returncode == 2
+    assert (
+        f"{source}:2: field 'completion' must be a string or a list of messages, got int"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".scored.jsonl.partial*"))
+    result = alignkit(
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(source),
+        "--out",
+        str(out),
+        "--skip-invalid",
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 1
+    assert "completion" in (tmp_path / "scored.jsonl.rejects.jsonl").read_text()

@@ -180,3 +180,33 @@ def test_skip_invalid_with_nothing_valid_still_fails(write_jsonl):
     path = write_jsonl([{"prompt": "p"}])
     with pytest.raises(DataError, match="no valid records"):
         load_records(path, "preference", skip_invalid=True)
+
+
+RANKING = {"prompt": "Rate these", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"responses": ["only one"]}, "field 'responses' must be a list of at least 2 responses"),
+        ({"responses": ["a", "", "c"]}, "field 'responses[1]' is empty"),
+        ({"ranking": [0, 1]}, "field 'ranking' must list every index 0..2 of 'responses' once"),
+        ({"ranking": [0, 0, 1]}, "field 'ranking' must list every index 0..2"),
+        ({"ranking": [0, 1, True]}, "field 'ranking' must list every index 0..2"),
+        (
+            {"responses": ["a", [{"role": "assistant", "content": "b"}], "c"]},
+            "field 'responses[1]' is a list of messages but 'prompt' is a string",
+        ),
+    ],
+)
+def test_ranking_field_rules(write_jsonl, change, expected):
+    path = write_jsonl([RANKING, {**RANKING, **change}])
+    assert f"{path}:2: {expected}" in error_text(path, "ranking")
+
+
+def test_mixed_pairs_and_rankings_load_with_a_tuple_of_kinds(write_jsonl):
+    path = write_jsonl([PAIR, RANKING, {"prompt": "p", "chosen": "x"}])
+    text = error_text(path, (Kind.PREFERENCE, Kind.RANKING))
+    assert f"{path}:3: field 'rejected' is missing" in text and ":2:" not in text
+    loaded = load_records(write_jsonl([PAIR, RANKING]), (Kind.PREFERENCE, Kind.RANKING))
+    assert len(loaded) == 2

@@ -1,0 +1,2 @@
+"""Feedback: judges that score or compare responses (reward models now; functions and
+LLM judges as later stages need them)."""

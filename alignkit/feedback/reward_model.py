@@ -1,0 +1,244 @@
+"""A trained reward model as a judge, and streaming scoring of record files.
+
+`RewardModelJudge(path)` loads any `*ForSequenceClassification` folder (ours carry the
+reward offset and a safe pad id; see `alignkit.models.reward`) and scores
+prompt/response pairs rendered with the model's chat template, the same encoding
+training used. Ensembles (K heads) give the mean over heads as the score and their
+standard deviation as `score_std`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignkit.data.loading import RecordProblem, iter_checked, write_rejects
+from alignkit.data.records import Kind
+from alignkit.data.templating import ChatEncoder
+from alignkit.errors import AlignkitError, DataError
+from alignkit.feedback.judge import ScoringJudge, Text
+from alignkit.models.device import select_device
+from alignkit.models.loading import load_tokenizer, resolve_model_path
+from alignkit.models.reward import (
+    OFFSET_KEY,
+    RewardScores,
+    is_reward_model_folder,
+    load_reward_model,
+    score_sequences,
+)
+
+log = logging.getLogger("alignkit")
+
+
+@dataclass
+class ScoredRecords:
+    """What `RewardModelJudge.score_records` returns for a list of records."""
+
+    scores: list[float | None]  # None: the record did not fit in max_length
+    stds: list[float | None] | None  # ensembles only
+
+
+class RewardModelJudge(ScoringJudge):
+    """Scores from a reward-model folder: ours (`alignkit rm`) or any folder saved by
+    `AutoModelForSequenceClassification` with a single output per head.
+
+    Rewards are read where transformers reads them: at the last token that is not
+    `config.pad_token_id` (trailing pad ids are dropped before scoring, which under
+    causal attention changes nothing else). For alignkit's folders that is always the
+    last token. `batch_size`: sequences per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 32,
+        max_length: int = 2048,
+    ):
+        self.device = select_device(device)
+        path = resolve_model_path(model)
+        if not is_reward_model_folder(path):
+            raise AlignkitError(
+                f"{model} is not a reward model (its config.json names no "
+                f"*ForSequenceClassification architecture); train one with `alignkit rm`"
+            )
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_reward_model(model, device=str(self.device), dtype=dtype)
+        self.model.eval()
+        self.scores = RewardScores(self.model)
+        self.num_heads = self.model.config.num_labels
+        offset = getattr(self.model.config, OFFSET_KEY, None)
+        self.offset = torch.tensor(
+            offset if offset is not None else [0.0] * self.num_heads, dtype=torch.float32
+        ).reshape(-1)
+        self.read_pad_id = self.model.config.pad_token_id  # None: read the last token
+        self.pad_id = next(
+            i
+            for i in (self.read_pad_id, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
+            if i is not None
+        )
+        self.batch_size = batch_size
+        self.encoder = ChatEncoder(
+            self.tokenizer, max_length=max_length, keep_trailing_context=True
+        )
+
+    # ---- the judge interface ------------------------------------------------------
+
+    def score_batch(self, prompts: Sequence[Text], responses: Sequence[Text]) -> list[float]:
+        records = [_record(p, r) for p, r in zip(prompts, responses, strict=True)]
+        scored = self.score_records(records)
+        missing = [i for i, s in enumerate(scored.scores) if s is None]
+        if missing:
+            raise ValueError(
+                f"responses {missing} do not fit in max_length={self.encoder.max_length} tokens"
+            )
+        return scored.scores
+
+    # ---- records ------------------------------------------------------------------
+
+    def score_records(self, records: Sequence[dict]) -> ScoredRecords:
+        """Score sft-form records (`prompt` + `completion`, or `messages`: the whole
+        conversation, read after its last token)."""
+        encoded = [self.encoder.encode_sft(record) for record in records]
+        kept = [i for i, e in enumerate(encoded) if e is not None]
+        raw = score_sequences(
+            self.scores,
+            [_strip_trailing(encoded[i].input_ids, self.read_pad_id) for i in kept],
+            pad_id=self.pad_id,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+        rewards = raw - self.offset
+        means = rewards.mean(-1).tolist()
+        stds = rewards.std(-1, unbiased=False).tolist() if self.num_heads > 1 else None
+        scores: list[float | None] = [None] * len(records)
+        spread: list[float | None] | None = [None] * len(records) if stds is not None else None
+        for j, i in enumerate(kept):
+            scores[i] = means[j]
+            if spread is not None:
+                spread[i] = stds[j]
+        return ScoredRecords(scores, spread)
+
+
+def _strip_trailing(ids: list[int], pad_id: int | None) -> list[int]:
+    end = len(ids)
+    while pad_id is not None and end > 1 and ids[end - 1] == pad_id:
+        end -= 1
+    return ids[:end]
+
+
+def _record(prompt: Text, response: Text) -> dict:
+    """A prompt/response pair as an sft record (chat prompts take a plain-text reply)."""
+    if isinstance(prompt, list) and isinstance(response, str):
+        response = [{"role": "assistant", "content": response}]
+    return {"prompt": prompt, "completion": response}
+
+
+@dataclass
+class ScoreFileResult:
+    written: int = 0
+    too_long: int = 0
+    rejected: list[RecordProblem] = field(default_factory=list)
+    rejects_path: Path | None = None
+
+
+def score_file(
+    judge: RewardModelJudge,
+    data: str | Path,
+    out: str | Path,
+    *,
+    skip_invalid: bool = False,
+    window: int | None = None,
+    progress: bool = True,
+) -> ScoreFileResult:
+    """Stream `data` (sft-form records) to `out` (JSONL) with `score` (and `score_std`)
+    added, `window` records at a time (default 8 batches), so memory does not grow with
+    the file. `out` appears only when complete (written to a temporary name, then
+    renamed); an invalid record stops the run naming file, record and field, unless
+    `skip_invalid`, which writes it to `<out>.rejects.jsonl` instead.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    window = window or judge.batch_size * 8
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    result = ScoreFileResult()
+    bar = _progress_bar(data, progress)
+    try:
+        with open(partial, "w", encoding="utf-8") as sink:
+            for chunk in _windows(_valid_records(data, skip_invalid, result), window):
+                scored = judge.score_records(chunk)
+                for k, record in enumerate(chunk):
+                    extra = {"score": scored.scores[k]}
+                    if scored.stds is not None:
+                        extra["score_std"] = scored.stds[k]
+                    result.too_long += scored.scores[k] is None
+                    sink.write(json.dumps({**record, **extra}, ensure_ascii=False) + "\n")
+                result.written += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        os.replace(partial, out)
+    finally:
+        if bar is not None:
+            bar.close()
+        partial.unlink(missing_ok=True)
+    if result.rejected:
+        result.rejects_path = out.with_name(out.name + ".rejects.jsonl")
+        write_rejects(result.rejects_path, result.rejected)
+        log.warning(
+            "%s: skipped %d invalid record(s); reasons in %s",
+            data,
+            len(result.rejected),
+            result.rejects_path,
+        )
+    if result.too_long:
+        log.warning(
+            "%d record(s) have no room for a response within max_length=%d; their score is null",
+            result.too_long,
+            judge.encoder.max_length,
+        )
+    return result
+
+
+def _valid_records(data, skip_invalid: bool, result: ScoreFileResult) -> Iterator[dict]:
+    for _location, record, problem in iter_checked(data, Kind.SFT):
+        if problem is None:
+            yield record
+        elif skip_invalid:
+            result.rejected.append(problem)
+        else:
+            raise DataError(
+                f"{problem} (nothing written; pass --skip-invalid to set such records aside)",
+                [problem],
+            )
+
+
+def _windows(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress_bar(data, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    total = None
+    path = Path(data)
+    if path.is_file() and path.suffix == ".jsonl":
+        with open(path, "rb") as lines:  # one cheap pass, constant memory
+            total = sum(1 for line in lines if line.strip())
+    return tqdm(total=total, unit="rec", desc="scoring", dynamic_ncols=True)

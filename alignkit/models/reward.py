@@ -1,0 +1,202 @@
+"""Reward models: a causal-LM backbone plus a scalar head read at the last real token.
+
+A reward model is stored in the transformers `*ForSequenceClassification` form (the
+backbone plus a bias-free linear `score` head), with `num_labels = K` heads: K = 1 is an
+ordinary reward model, K > 1 an ensemble of heads over one shared backbone whose spread
+estimates epistemic uncertainty. Any tool that loads `AutoModelForSequenceClassification`
+therefore loads ours, and folders it saved load here.
+
+Two details keep the two readings identical:
+- transformers reads the rightmost token that is not `config.pad_token_id`. Chat models
+  often use their end-of-turn token as pad, which is exactly the token a scored
+  sequence ends with; a saved reward model therefore gets a pad id that never ends a
+  sequence (`reward_pad_id`), so "rightmost non-pad" is the last real token.
+- After training, rewards are shifted so a reference set scores mean 0. The head has no
+  bias to fold the shift into, so it is stored as `config.reward_offset` and subtracted
+  by alignkit's scorer: `score = logits - config.reward_offset`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alignkit.errors import AlignkitError
+
+log = logging.getLogger("alignkit")
+
+OFFSET_KEY = "reward_offset"
+
+
+def is_reward_model_folder(path: Path) -> bool:
+    """True if `path` holds a `*ForSequenceClassification` model (ours or anyone's)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return False
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+def load_reward_model(
+    spec: str | Path,
+    *,
+    num_heads: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+):
+    """A `*ForSequenceClassification` model for `spec`.
+
+    A reward-model folder loads with its own heads (`num_heads`, if given, must match).
+    Anything else is a causal-LM backbone (built-in name, folder, GGUF): its LM head is
+    dropped and `num_heads` fresh scalar heads are initialised from `seed`.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from alignkit.models.loading import load_model, resolve_model_path
+
+    path = resolve_model_path(spec)
+    if is_reward_model_folder(path):
+        model = load_model(
+            path, device=device, dtype=dtype, model_class=AutoModelForSequenceClassification
+        )
+        if num_heads is not None and model.config.num_labels != num_heads:
+            raise AlignkitError(
+                f"{spec} is a reward model with {model.config.num_labels} head(s), "
+                f"but num_heads={num_heads} was asked for"
+            )
+        return model
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its "newly initialized: score.weight" is expected here
+    try:
+        model = load_model(
+            path,
+            device=device,
+            dtype=dtype,
+            model_class=AutoModelForSequenceClassification,
+            num_labels=num_heads or 1,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    init_heads(model, seed)
+    log.info("%s: backbone loaded; %d fresh reward head(s)", spec, num_heads or 1)
+    return model
+
+
+def score_head(model) -> nn.Linear:
+    """The scalar head(s): a Linear (H -> K)."""
+    base = _unwrap(model)
+    for name in ("score", "classifier"):
+        head = getattr(base, name, None)
+        if head is not None:
+            return head
+    raise AlignkitError(f"{type(base).__name__} has no 'score' head; is it a reward model?")
+
+
+def init_heads(model, seed: int) -> None:
+    """Head k ~ N(0, 1/H) from its own generator (seed, k): with unit-scale hidden states
+    the initial rewards have unit scale, and ensemble heads start from different priors,
+    which is what makes their disagreement grow away from the training data."""
+    head = score_head(model)
+    hidden = head.weight.shape[1]
+    with torch.no_grad():
+        for k in range(head.weight.shape[0]):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + k)
+            row = torch.randn(hidden, generator=generator) / math.sqrt(hidden)
+            head.weight[k].copy_(row.to(head.weight))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def reward_pad_id(tokenizer, end_ids: set[int]) -> int | None:
+    """A token id that never ends a scored sequence (see the module docstring), or None.
+
+    `end_ids`: tokens a scored sequence can end with (EOS, end-of-turn).
+    """
+    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id, *tokenizer.all_special_ids]
+    for candidate in candidates:
+        if candidate is not None and candidate not in end_ids:
+            return candidate
+    return None
+
+
+def _unwrap(model):
+    """The transformers model inside a PEFT wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class RewardScores(nn.Module):
+    """Rewards of sequences, read at one position each.
+
+    forward(input_ids (B, T), score_index (S,), position_ids (B, T) | None) -> (S, K)
+
+    `score_index` indexes the flattened (B*T) positions (see `score_positions`). Right
+    padding needs no attention mask (causal attention: no real token sees the pads after
+    it); packed rows need their restarting `position_ids`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, score_index, position_ids=None, **_ignored):
+        base = _unwrap(self.model)
+        hidden = base.base_model(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1])[score_index]
+        return score_head(self.model)(picked).float()
+
+
+def score_positions(batch: dict) -> torch.Tensor:
+    """(S,) flat positions of each sequence's last real token in a collated batch."""
+    if "cu_seqlens" in batch:
+        return batch["cu_seqlens"][1:].long() - 1
+    mask = batch["attention_mask"]
+    width = mask.shape[1]
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    return rows * width + mask.sum(-1) - 1
+
+
+@torch.no_grad()
+def score_sequences(
+    module: RewardScores,
+    sequences: list[list[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Raw rewards (N, K) of token sequences, in their order.
+
+    Sequences are sorted by length so each right-padded batch wastes little, then the
+    results are put back in order.
+    """
+    from alignkit.data.collators import PaddingCollator
+
+    collate = PaddingCollator(pad_id)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out: torch.Tensor | None = None
+    was_training = module.training
+    module.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = collate([{"input_ids": sequences[i]} for i in chunk])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            rewards = module(batch["input_ids"], score_positions(batch)).cpu()
+            if out is None:
+                out = torch.empty(len(sequences), rewards.shape[1])
+            out[torch.tensor(chunk)] = rewards
+    finally:
+        module.train(was_training)
+    if out is None:
+        return torch.empty(0, 1)
+    return out

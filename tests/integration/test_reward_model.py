@@ -1,0 +1,265 @@
+"""Reward models end to end on a task with a known ground-truth reward (issue: reward models)."""
+
+import json
+import random
+import statistics
+import tracemalloc
+
+import pytest
+import torch
+
+from alignkit.config import RewardConfig
+from alignkit.feedback.judge import Judge
+from alignkit.feedback.reward_model import RewardModelJudge, score_file
+from alignkit.methods.reward import run_rm
+from alignkit.models.lora import LoraSettings
+from alignkit.models.reward import init_heads
+from tests.conftest import read_metrics
+
+
+def rm_config(tiny_model_dir, files, output_dir, **overrides):
+    train, held_out = files
+    settings = dict(
+        model=str(tiny_model_dir),
+        data=str(train),
+        eval_data=str(held_out),
+        output_dir=str(output_dir),
+        learning_rate=1e-3,
+        batch_size=16,
+        epochs=3,
+        log_every=12,
+        save_every=None,
+    )
+    settings.update(overrides)
+    return RewardConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tiny_model_dir, reward_task_files, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("rm-run")
+    run_rm(rm_config(tiny_model_dir, reward_task_files, run_dir))
+    return run_dir
+
+
+def eval_replies(held_out):
+    records = [json.loads(line) for line in held_out.read_text().splitlines()]
+    return [
+        {"prompt": r["prompt"], "completion": r[side]}
+        for r in records
+        for side in ("chosen", "rejected")
+    ]
+
+
+def test_held_out_accuracy_on_a_known_reward(trained_rm):
+    final = read_metrics(trained_rm)[-1]
+    assert final["eval/accuracy"] >= 0.9, final
+    assert 0 <= final["eval/ece"] < 0.2
+    assert {"eval/margin", "eval/rewards/mean", "eval/rewards/std"} <= set(final)
+    logged = [m for m in read_metrics(trained_rm) if "accuracy" in m]
+    assert logged[-1]["accuracy"] > logged[0]["accuracy"]
+
+
+def test_saved_folder_scores_identically_through_transformers(trained_rm, reward_task_files):
+    """Our scorer and a plain `AutoModelForSequenceClassification` + `apply_chat_template`
+    pipeline (padded batch, the saved tokenizer's pad) agree once the stored offset is
+    subtracted."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    final = trained_rm / "final"
+    records = eval_replies(reward_task_files[1])[:24]
+    ours = RewardModelJudge(final, device="cpu").score_records(records).scores
+
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    texts = [
+        tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False)
+        for r in records
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    assert (batch["attention_mask"] == 0).any(), "the batch should need padding"
+    with torch.no_grad():
+        theirs = model(**batch).logits[:, 0] - torch.tensor(model.config.reward_offset)
+    torch.testing.assert_close(torch.tensor(ours), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_rewards_are_centred_on_the_reference_set(trained_rm, reward_task_files):
+    """norm_data defaults to eval_data: its responses score mean 0 after training."""
+    scores = (
+        RewardModelJudge(trained_rm / "final", device="cpu")
+        .score_records(eval_replies(reward_task_files[1]))
+        .scores
+    )
+    assert abs(statistics.mean(scores)) < 1e-4
+    assert statistics.pstdev(scores) > 1.0  # and the rewards still separate replies
+
+
+def test_judge_interface(trained_rm):
+    judge = RewardModelJudge(trained_rm / "final", device="cpu")
+    assert isinstance(judge, Judge)
+    prompt = [{"role": "user", "content": "Describe your day."}]
+    good, bad = "great lovely happy table", "awful sad table"
+    assert judge.score(prompt, good) > judge.score(prompt, bad)
+    p = judge.compare(prompt, good, bad)
+    assert p > 0.9
+    assert judge.compare(prompt, bad, good) == pytest.approx(1 - p)
+
+
+def test_ensemble_is_less_certain_out_of_distribution(tiny_model_dir, reward_task_files, tmp_path):
+    run_rm(rm_config(tiny_model_dir, reward_task_files, tmp_path / "ens", num_heads=4))
+    judge = RewardModelJudge(tmp_path / "ens" / "final", device="cpu")
+    in_distribution = judge.score_records(eval_replies(reward_task_files[1]))
+    rng = random.Random(0)
+    unfamiliar = "quantum enzyme volcano algebra protocol saxophone mitochondria carburetor".split()
+    out_of_distribution = judge.score_records(
+        [
+            {
+                "prompt": [
+                    {"role": "user", "content": "What is the weather in Paris tomorrow and why?"}
+                ],
+                "completion": [
+                    {
+                        "role": "assistant",
+                        "content": " ".join(
+                            rng.choice(unfamiliar) for _ in range(rng.randint(8, 20))
+                        ),
+                    }
+                ],
+            }
+            for _ in range(64)
+        ]
+    )
+    inside, outside = (
+        statistics.mean(in_distribution.stds),
+        statistics.mean(out_of_distribution.stds),
+    )
+    assert outside > 1.2 * inside, (inside, outside)
+    final = read_metrics(tmp_path / "ens")[-1]
+    assert final["eval/accuracy"] >= 0.9
+
+
+def test_scoring_streams_in_bounded_memory(trained_rm, tmp_path):
+    """Peak Python memory while scoring 10,000 records is about that of 2,000 (a scorer
+    that held the file would need ~5x)."""
+    judge = RewardModelJudge(trained_rm / "final", device="cpu", batch_size=64)
+
+    def write(n):
+        path = tmp_path / f"in-{n}.jsonl"
+        with open(path, "w") as out:
+            for i in range(n):
+                out.write(
+                    json.dumps(
+                        {"prompt": f"Day {i}:", "completion": f"a good day number {i}", "id": i}
+                    )
+                    + "\n"
+                )
+        return path
+
+    peaks = {}
+    for n in (2_000, 10_000):
+        source, target = write(n), tmp_path / f"out-{n}.jsonl"
+        tracemalloc.start()
+        result = score_file(judge, source, target, progress=False)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert result.written == n
+    lines = (tmp_path / "out-10000.jsonl").read_text().splitlines()
+    assert len(lines) == 10_000
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    assert first["id"] == 0 and last["id"] == 9_999 and isinstance(last["score"], float)
+    assert peaks[10_000] < 1.5 * peaks[2_000], peaks
+
+
+def test_ensemble_scores_carry_a_std_in_files(tiny_model_dir, reward_task_files, tmp_path):
+    run_rm(
+        rm_config(
+            tiny_model_dir,
+            reward_task_files,
+            tmp_path / "run",
+            num_heads=2,
+            max_steps=2,
+            eval_data=None,
+        )
+    )
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "good"},
+                ]
+            }
+        )
+        + "\n"
+    )
+    judge = RewardModelJudge(tmp_path / "run" / "final", device="cpu")
+    score_file(judge, source, tmp_path / "out.jsonl", progress=False)
+    record = json.loads((tmp_path / "out.jsonl").read_text())
+    assert isinstance(record["score"], float) and record["score_std"] > 0
+    final = read_metrics(tmp_path / "run")[-1]
+    assert "train/accuracy" in final  # without eval_data the summary uses the training pairs
+
+
+def test_lora_reward_model_saves_a_full_classifier(tiny_model_dir, reward_task_files, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    run_rm(
+        rm_config(
+            tiny_model_dir,
+            reward_task_files,
+            tmp_path / "lora",
+            max_steps=3,
+            lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+        )
+    )
+    final = tmp_path / "lora" / "final"
+    model = AutoModelForSequenceClassification.from_pretrained(final)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    init_heads(fresh, seed=0)
+    assert not torch.allclose(model.score.weight, fresh.score.weight)  # the head trained too
+    assert len(model.config.reward_offset) == 1
+    judge = RewardModelJudge(final, device="cpu")
+    assert isinstance(judge.score("Hi", "good day"), float)
+
+
+def test_a_reward_model_saved_by_transformers_scores_as_transformers_reads_it(tmp_path, tokenizer):
+    """A foreign folder whose pad id is the EOS our string-form encoding appends:
+    transformers reads the rightmost non-pad token, and so must we."""
+    from transformers import LlamaForSequenceClassification
+
+    from alignkit.models.tiny import tiny_config
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(tiny_config(tokenizer, num_labels=1)).eval()
+    assert model.config.pad_token_id == tokenizer.eos_token_id
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts, replies = ["Say hi", "Tell me a story"], ["hi there", "once upon a time"]
+    ours = RewardModelJudge(tmp_path, device="cpu").score_batch(prompts, replies)
+    for prompt, reply, score in zip(prompts, replies, ours, strict=True):
+        ids = (
+            tokenizer(prompt)["input_ids"] + tokenizer(reply, add_special_tokens=False)["input_ids"]
+        )
+        ids = ids + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            theirs = model(torch.tensor([ids])).logits[0, 0].item()
+        assert score == pytest.approx(theirs, abs=1e-5)
+
+
+def test_resume_continues_exactly(tiny_model_dir, reward_task_files, tmp_path):
+    """4 steps with a checkpoint at 2, resumed to 6 == 6 uninterrupted steps."""
+    common = dict(batch_size=4, lr_schedule="constant", eval_data=None, save_every=2)
+    run_rm(rm_config(tiny_model_dir, reward_task_files, tmp_path / "a", max_steps=6, **common))
+    run_rm(rm_config(tiny_model_dir, reward_task_files, tmp_path / "b", max_steps=4, **common))
+    run_rm(
+        rm_config(
+            tiny_model_dir, reward_task_files, tmp_path / "b", max_steps=6, resume="auto", **common
+        )
+    )
+    prompts, replies = ["Describe your day."] * 2, ["good table", "sad river"]
+    straight = RewardModelJudge(tmp_path / "a" / "final", device="cpu").score_batch(
+        prompts, replies
+    )
+    resumed = RewardModelJudge(tmp_path / "b" / "final", device="cpu").score_batch(prompts, replies)
+    assert resumed == pytest.approx(straight, abs=1e-5)

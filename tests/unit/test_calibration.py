@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from alignkit.evaluate.calibration import expected_calibration_error
+
+
+def test_ece_worked_example():
+    """Predictions 0.9, 0.9, 0.3 that chosen wins (hard labels: it always does).
+    Symmetrised: (0.9,1) (0.9,1) (0.3,1) (0.1,0) (0.1,0) (0.7,0), 10 bins.
+    Bin 9: {0.9, 0.9}, outcomes {1, 1}: |1 - 0.9| = 0.1, weight 2/6.
+    Bin 3: {0.3}: |1 - 0.3| = 0.7, weight 1/6. Bin 1: {0.1, 0.1}: |0 - 0.1| = 0.1, 2/6.
+    Bin 7: {0.7}: |0 - 0.7| = 0.7, 1/6. ECE = (0.2 + 0.7 + 0.2 + 0.7) / 6 = 0.3."""
+    assert expected_calibration_error(torch.tensor([0.9, 0.9, 0.3])) == pytest.approx(0.3)
+
+
+def test_calibrated_soft_labels_give_zero():
+    """A model predicting exactly the labellers' p_chosen is perfectly calibrated."""
+    p = torch.tensor([0.62, 0.75, 0.91, 0.55])
+    assert expected_calibration_error(p, p) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_overconfidence_is_measured():
+    """Always predicting 0.99 while only 60% of the labels agree: bin 9 holds the 0.99s
+    with outcome mean 0.6 -> 0.39; bin 0 holds the 0.01s with outcome mean 0.4 -> 0.39."""
+    probs = torch.full((10,), 0.99)
+    outcomes = torch.tensor([1.0] * 6 + [0.0] * 4)
+    assert expected_calibration_error(probs, outcomes) == pytest.approx(0.39)
