@@ -25,11 +25,13 @@ from alignkit.data.templating import ChatEncoder
 from alignkit.errors import DataError
 from alignkit.losses.preference import kto_loss
 from alignkit.methods.common import build_collator, prepare
-from alignkit.methods.reference import reference_table
+from alignkit.methods.reference import compute_sequence_stats, reference_table
 from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps, reduce_sequences
-from alignkit.train.loop import TrainResult, train
+from alignkit.train.loop import TrainResult, save_final, train
 
 log = logging.getLogger("alignkit")
+
+PAIR_KEY = "_pair"  # set on records split from a preference pair: the pair's number
 
 
 def unpaired_records(path: str, config: KTOConfig, rejects_name: str) -> list[dict]:
@@ -44,8 +46,8 @@ def unpaired_records(path: str, config: KTOConfig, rejects_name: str) -> list[di
         records = loaded.records
     elif loaded.kind == Kind.PREFERENCE:
         records = [
-            {"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
-            for r in loaded.records
+            {"prompt": r["prompt"], "completion": r[side], "label": side == "chosen", PAIR_KEY: i}
+            for i, r in enumerate(loaded.records)
             for side in ("chosen", "rejected")
         ]
     else:
@@ -86,6 +88,7 @@ def encode_examples(
                 "kl_sequence": mismatched[0].sequence().features(),
                 "desirable": matched[1],
                 "index": offset + len(examples),
+                "pair": record.get(PAIR_KEY),
             }
         )
     if encoder.report.dropped:
@@ -157,6 +160,7 @@ def run_kto(config: KTOConfig) -> TrainResult:
     stats = reference_table(model, sequences, inner, config)  # (2N, 2)
     reference = stats[:, 0].reshape(len(everything), 2)
     step = functools.partial(kto_step, config=config, reference=reference)
+    finalize = make_finalize(config, eval_examples or [], reference, inner)
     return train(
         model,
         examples,
@@ -167,4 +171,41 @@ def run_kto(config: KTOConfig) -> TrainResult:
         forward_module=CausalLMLogps(model),
         eval_examples=eval_examples,
         units_fn=count_examples,
+        finalize=finalize,
     )
+
+
+def complete_pairs(examples: list[dict]) -> list[tuple[int, int]]:
+    """(chosen row, rejected row) for every pair whose two halves both survived encoding."""
+    halves: dict[int, dict[bool, int]] = {}
+    for row, example in enumerate(examples):
+        if example.get("pair") is not None:
+            halves.setdefault(example["pair"], {})[example["desirable"]] = row
+    return [(h[True], h[False]) for h in halves.values() if len(h) == 2]
+
+
+def make_finalize(config: KTOConfig, eval_examples: list[dict], reference, collate):
+    """Save `final/`; when the held-out data came as pairs, also measure the preference
+    accuracy of the implicit reward beta * (policy - ref) on them: the number DPO
+    reports, which KTO's unpaired batches cannot give during training."""
+
+    def finalize(model, tokenizer, final_dir) -> dict[str, float]:
+        metrics = {}
+        pairs = complete_pairs(eval_examples)
+        if pairs:
+            device = next(model.parameters()).device
+            policy = compute_sequence_stats(
+                model, [e["sequence"] for e in eval_examples], collate, config.micro_batch, device
+            )[:, 0]
+            ref = reference[[e["index"] for e in eval_examples], 0]
+            rewards = config.beta * (policy - ref)
+            chosen = rewards[[c for c, _ in pairs]]
+            rejected = rewards[[r for _, r in pairs]]
+            metrics = {
+                "eval/rewards/accuracies": float((chosen > rejected).float().mean()),
+                "eval/rewards/margins": float((chosen - rejected).mean()),
+            }
+        save_final(model, tokenizer, final_dir, merge_lora=config.merge_lora)
+        return metrics
+
+    return finalize

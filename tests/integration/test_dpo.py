@@ -108,6 +108,10 @@ def test_kto_on_split_pairs_learns_the_preference(tiny_model_dir, preference_fil
     ]
     result = run_kto(load_config(KTOConfig, None, settings))
     final = result.last_metrics
-    # held-out implicit rewards: desirable (chosen) completions above undesirable ones
+    # held-out implicit rewards: desirable (chosen) completions above undesirable ones,
+    # pair by pair (the held-out file is pairs, split like the training data)
     assert final["eval/rewards/chosen"] > final["eval/rewards/rejected"], final
+    assert final["eval/rewards/accuracies"] > 0.9, final
+    assert final["eval/rewards/margins"] > 0
+    assert read_metrics(tmp_path / "kto")[-1]["eval/rewards/accuracies"] > 0.9
     assert "kl" in read_metrics(tmp_path / "kto")[0]
