@@ -119,6 +119,7 @@ def batch_rewards(module, batch: dict) -> torch.Tensor:
         batch["input_ids"],
         score_positions(batch),
         position_ids=batch["position_ids"] if packed else None,
+        cu_seqlens=batch["cu_seqlens"] if packed else None,
     )
 
 
@@ -214,8 +215,16 @@ def make_finalize(config: RewardConfig, norm_groups, summary_groups, summary_pre
             scores, _flat_sequences(norm_groups), pad_id=pad_id, batch_size=batch, device=device
         )
         offset = norm.mean(0)  # (K,)
-        summary_rewards = score_sequences(
-            scores, _flat_sequences(summary_groups), pad_id=pad_id, batch_size=batch, device=device
+        summary_rewards = (
+            norm  # the common case: the held-out set is also the reference set
+            if summary_groups is norm_groups
+            else score_sequences(
+                scores,
+                _flat_sequences(summary_groups),
+                pad_id=pad_id,
+                batch_size=batch,
+                device=device,
+            )
         )
         metrics = comparison_summary(summary_rewards, summary_groups, offset, summary_prefix)
         model.config.__setattr__(OFFSET_KEY, [float(x) for x in offset])
@@ -268,7 +277,8 @@ def run_rm(config: RewardConfig) -> TrainResult:
         norm_groups = load(config.norm_data, 0, "norm_rejects.jsonl")
     else:
         norm_groups = eval_groups or groups
-    norm_groups = norm_groups[: config.norm_samples]
+    if len(norm_groups) > config.norm_samples:
+        norm_groups = norm_groups[: config.norm_samples]
     bootstrap = None
     if config.num_heads > 1 and config.bootstrap:
         total = len(groups) + len(eval_groups or [])

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
+from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
 
 log = logging.getLogger("alignkit")
 
@@ -135,21 +136,26 @@ def _unwrap(model):
 class RewardScores(nn.Module):
     """Rewards of sequences, read at one position each.
 
-    forward(input_ids (B, T), score_index (S,), position_ids (B, T) | None) -> (S, K)
+    forward(input_ids (B, T), score_index (S,), position_ids (B, T) | None,
+            cu_seqlens (S+1,) | None) -> (S, K)
 
     `score_index` indexes the flattened (B*T) positions (see `score_positions`). Right
     padding needs no attention mask (causal attention: no real token sees the pads after
-    it); packed rows need their restarting `position_ids`.
+    it); packed rows need their restarting `position_ids` and `cu_seqlens`.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        use_packed_attention(_unwrap(model))
 
-    def forward(self, input_ids, score_index, position_ids=None, **_ignored):
+    def forward(self, input_ids, score_index, position_ids=None, cu_seqlens=None, **_ignored):
         base = _unwrap(self.model)
+        packed = (
+            packed_forward_kwargs(base, input_ids, cu_seqlens) if cu_seqlens is not None else {}
+        )
         hidden = base.base_model(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, **packed
         ).last_hidden_state
         picked = hidden.reshape(-1, hidden.shape[-1])[score_index]
         return score_head(self.model)(picked).float()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
+
 IGNORE_INDEX = -100
 # Logits elements per chunk. On CPU 4M floats (16 MiB) stays under glibc's mmap threshold,
 # so chunks reuse heap memory instead of page-faulting fresh mappings (measured 20-35%
@@ -124,30 +126,34 @@ class CausalLMLogps(nn.Module):
     """A causal LM whose forward returns next-token log-probs of `labels`.
 
     forward(input_ids (B, T), labels (B, T), attention_mask (B, T) | None,
-            position_ids (B, T) | None) -> (logps (B, T-1), mask (B, T-1))
+            position_ids (B, T) | None, cu_seqlens (S+1,) | None)
+        -> (logps (B, T-1), mask (B, T-1))
 
     `logps[:, t]` is log p(labels[:, t+1] | tokens <= t), zero where `mask` is False
-    (labels == IGNORE_INDEX). With packed rows pass `position_ids` and no attention mask.
+    (labels == IGNORE_INDEX). With a packed row pass `position_ids` and `cu_seqlens` and
+    no attention mask; the model is switched to `alignkit_packed` attention
+    (`alignkit.ops.attention`), which attends within each sequence only.
     """
 
     def __init__(self, model: nn.Module, chunk: int | None = None):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        use_packed_attention(self.causal_lm)
 
     @property
     def causal_lm(self) -> nn.Module:
         """The transformers model (inside a PEFT wrapper, if any)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, **_ignored):
+    def forward(
+        self, input_ids, labels, attention_mask=None, position_ids=None, cu_seqlens=None, **_ignored
+    ):
         lm = self.causal_lm
-        hidden = lm.get_decoder()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state
+        inputs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        if cu_seqlens is not None:
+            inputs.update(packed_forward_kwargs(lm, input_ids, cu_seqlens))
+        hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         safe_targets = targets.masked_fill(~mask, 0)
@@ -172,6 +178,7 @@ def batch_token_logps(module: nn.Module, batch: dict):
         input_ids=batch["input_ids"],
         labels=batch["labels"],
         position_ids=batch["position_ids"] if packed else None,
+        cu_seqlens=batch["cu_seqlens"] if packed else None,
     )
     return logps, mask, batch["cu_seqlens"] if packed else None
 

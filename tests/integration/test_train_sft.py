@@ -99,13 +99,22 @@ def test_packing_gives_the_same_loss_and_training(
         encoder.encode_sft(r).features() for r in load_records(mixed_length_sft_file).records[:6]
     ]
     module = CausalLMLogps(load_model(tiny_model_dir))
-    padded, _ = sft_step(module, PaddingCollator(tokenizer.pad_token_id)(examples))
-    packed, _ = sft_step(module, PackingCollator()(examples))
-    assert_close(packed, padded, atol=1e-5, rtol=1e-6)
+    gradients = []
+    for collate in (PaddingCollator(tokenizer.pad_token_id), PackingCollator()):
+        loss, _ = sft_step(module, collate(examples))
+        loss.backward()
+        gradients.append({n: p.grad.clone() for n, p in module.named_parameters()})
+        module.zero_grad(set_to_none=True)
+        if collate.__class__ is PaddingCollator:
+            padded = loss.detach()
+    assert_close(loss.detach(), padded, atol=1e-5, rtol=1e-6)
+    assert_same_weights(gradients[0], gradients[1], atol=1e-5)
     run_sft(sft_config(tiny_model_dir, mixed_length_sft_file, tmp_path / "pad"))
     run_sft(sft_config(tiny_model_dir, mixed_length_sft_file, tmp_path / "pack", packing=True))
+    # Adam turns float-rounding differences in near-zero gradients into steps of up to
+    # ~lr, so trained weights get a looser bound than the gradients above.
     assert_same_weights(
-        final_weights(tmp_path / "pad"), final_weights(tmp_path / "pack"), atol=1e-5
+        final_weights(tmp_path / "pad"), final_weights(tmp_path / "pack"), atol=1e-4
     )
 
 
