@@ -1,0 +1,151 @@
+"""PPO / RLOO / GRPO estimators and losses against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from alignkit.losses.ppo import (
+    AdaptiveKLController,
+    explained_variance,
+    gae,
+    grpo_advantages,
+    kl_estimate,
+    policy_loss,
+    rloo_advantages,
+    token_rewards,
+    value_loss,
+)
+from alignkit.ops.stats import masked_mean, masked_var, masked_whiten
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_masked_statistics_ignore_padding():
+    """values [1, 2, 3, 100], last masked out: mean 2, unbiased var 1, whitened [-1, 0, 1, 0]."""
+    values, mask = t([1.0, 2.0, 3.0, 100.0]), t([1.0, 1.0, 1.0, 0.0])
+    assert masked_mean(values, mask).item() == pytest.approx(2.0)
+    assert masked_var(values, mask).item() == pytest.approx(1.0)
+    assert masked_var(values, mask, unbiased=False).item() == pytest.approx(2 / 3)
+    assert_close(masked_whiten(values, mask), t([-1.0, 0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+    assert_close(
+        masked_whiten(values, mask, shift_mean=False), t([1.0, 2.0, 3.0, 0.0]), atol=1e-6, rtol=0
+    )
+    assert masked_mean(values, mask, dim=-1).item() == pytest.approx(2.0)
+
+
+def test_gae_worked_example():
+    """gamma 1, lambda 0.9, rewards [0, 0, 1], values [0.5, 0.6, 0.7]:
+    delta = [0.1, 0.1, 0.3]; A2 = 0.3, A1 = 0.1 + 0.9*0.3 = 0.37, A0 = 0.1 + 0.9*0.37 = 0.433;
+    returns = A + V = [0.933, 0.97, 1.0].
+    Second row ends after 2 tokens (value 9 at the pad is ignored), rewards [0, 1]:
+    A1 = 1 - 0.6 = 0.4, A0 = (0.6 - 0.5) + 0.9*0.4 = 0.46, A2 = 0."""
+    advantages, returns = gae(
+        t([0.0, 0.0, 1.0], [0.0, 1.0, 0.0]),
+        t([0.5, 0.6, 0.7], [0.5, 0.6, 9.0]),
+        t([1, 1, 1], [1, 1, 0]),
+        gamma=1.0,
+        lam=0.9,
+    )
+    assert_close(advantages, t([0.433, 0.37, 0.3], [0.46, 0.4, 0.0]), atol=1e-6, rtol=0)
+    assert_close(returns, t([0.933, 0.97, 1.0], [0.96, 1.0, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_gae_with_lambda_1_gives_discounted_returns():
+    """gamma 0.5, lambda 1: returns are the discounted reward-to-go [0.25, 0.5, 1]."""
+    _, returns = gae(t([0.0, 0.0, 1.0]), t([0.5, 0.6, 0.7]), t([1, 1, 1]), gamma=0.5, lam=1.0)
+    assert_close(returns, t([0.25, 0.5, 1.0]), atol=1e-6, rtol=0)
+
+
+def test_kl_estimators():
+    """pi = 0.5, pi_ref = 0.25: log r = log 0.5. k1 = 0.693147, k2 = 0.240227,
+    k3 = (0.5 - 1) + 0.693147 = 0.193147."""
+    logp, ref = t(math.log(0.5)), t(math.log(0.25))
+    assert kl_estimate(logp, ref, "k1").item() == pytest.approx(0.693147, abs=1e-6)
+    assert kl_estimate(logp, ref, "k2").item() == pytest.approx(0.240227, abs=1e-6)
+    assert kl_estimate(logp, ref, "k3").item() == pytest.approx(0.193147, abs=1e-6)
+    with pytest.raises(ValueError):
+        kl_estimate(logp, ref, "k4")
+
+
+def test_k1_and_k3_are_unbiased_estimates_of_the_true_kl():
+    """Sampling from p = softmax([1, 0, -1]) against q = uniform: both estimators average
+    to KL(p||q) = sum p log(p/q)."""
+    p = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0)
+    q = torch.full((3,), 1 / 3)
+    true_kl = float((p * (p / q).log()).sum())
+    samples = torch.multinomial(
+        p, 200_000, replacement=True, generator=torch.Generator().manual_seed(0)
+    )
+    logp, logq = p.log()[samples], q.log()[samples]
+    for kind in ("k1", "k3"):
+        assert kl_estimate(logp, logq, kind).mean().item() == pytest.approx(true_kl, abs=3e-3)
+
+
+def test_token_rewards_put_the_score_on_the_last_real_token():
+    """kl [0.1, 0.2, 0.3], mask [1, 1, 0], coef 0.5, score 2: [-0.05, -0.1 + 2, 0]."""
+    rewards, non_score = token_rewards(t(2.0), t([0.1, 0.2, 0.3]), t([1, 1, 0]), 0.5)
+    assert_close(rewards, t([-0.05, 1.9, 0.0]), atol=1e-6, rtol=0)
+    assert_close(non_score, t([-0.05, -0.1, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_clipped_policy_loss():
+    """clip 0.2. ratio 1.5, A=+1: max(-1.5, -1.2) = -1.2 (clipped). ratio 0.5, A=+1:
+    max(-0.5, -0.8) = -0.5. ratio 1.5, A=-1: max(1.5, 1.2) = 1.5. ratio 0.5, A=-1:
+    max(0.5, 0.8) = 0.8 (clipped). Mean 0.15; clipfrac 0.5;
+    approxkl = 0.5 * mean(log(1.5)^2, log(0.5)^2, ...) = 0.5 * 0.322427 = 0.161214."""
+    old = torch.zeros(1, 4)
+    logps = torch.log(t([1.5, 0.5, 1.5, 0.5]))
+    loss, metrics = policy_loss(logps, old, t([1.0, 1.0, -1.0, -1.0]), torch.ones(1, 4), clip=0.2)
+    assert loss.item() == pytest.approx(0.15, abs=1e-6)
+    assert metrics["policy/clipfrac"].item() == pytest.approx(0.5)
+    assert metrics["policy/approxkl"].item() == pytest.approx(0.161214, abs=1e-6)
+
+
+def test_policy_gradient_is_zero_where_clipped():
+    logps = torch.log(t([1.5, 0.5])).requires_grad_()
+    loss, _ = policy_loss(logps, torch.zeros(2), t([1.0, 1.0]), torch.ones(2), clip=0.2)
+    loss.backward()
+    # token 0 clipped: no gradient; token 1: d(-ratio * A)/d logp / 2 tokens = -0.5 * 0.5
+    assert_close(logps.grad, t([0.0, -0.25]))
+
+
+def test_clipped_value_loss():
+    """V 1.5, old 1.0, R 2.0: max(0.25, (1.2 - 2)^2 = 0.64) = 0.64; V 1.1, old 1.0, R 0:
+    max(1.21, 1.21) = 1.21. Loss 0.5 * mean = 0.4625; clipfrac 0.5."""
+    loss, metrics = value_loss(t(1.5, 1.1), t(1.0, 1.0), t(2.0, 0.0), t(1.0, 1.0), clip=0.2)
+    assert loss.item() == pytest.approx(0.4625)
+    assert metrics["value/clipfrac"].item() == pytest.approx(0.5)
+
+
+def test_explained_variance():
+    returns, mask = t([1.0, 2.0, 3.0, 4.0]), torch.ones(4)
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    assert explained_variance(torch.full((4,), 2.5), returns, mask).item() == pytest.approx(0.0)
+
+
+def test_rloo_and_grpo_advantages():
+    """scores [1, 2, 3]: RLOO baselines [2.5, 2, 1.5] -> [-1.5, 0, 1.5];
+    GRPO: mean 2, sample std 1 -> [-1, 0, 1]."""
+    scores = t([1.0, 2.0, 3.0])
+    assert_close(rloo_advantages(scores), t([-1.5, 0.0, 1.5]))
+    assert_close(grpo_advantages(scores, eps=0.0), t([-1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError):
+        rloo_advantages(t([1.0]))
+
+
+def test_adaptive_kl_controller():
+    """beta 0.1, target 6, horizon 10000, 256 steps per update:
+    KL 12 -> error clipped to 0.2 -> 0.1 * (1 + 0.2 * 0.0256) = 0.100512;
+    then KL 6.6 -> error 0.1 -> * (1 + 0.1 * 0.0256) = 0.100769."""
+    controller = AdaptiveKLController(0.1, target=6.0, horizon=10_000)
+    controller.update(12.0, 256)
+    assert controller.value == pytest.approx(0.100512)
+    controller.update(6.6, 256)
+    assert controller.value == pytest.approx(0.100512 * 1.00256)
+    restored = AdaptiveKLController(0.5, target=6.0, horizon=10_000)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.value == controller.value
