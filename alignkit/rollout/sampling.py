@@ -1,0 +1,188 @@
+"""Batched sampling with a KV cache, for RL rollouts and `alignkit generate`.
+
+Prompts are left-padded so every row's next token is appended at the same column; the
+attention mask hides the pads and position ids count real tokens only, so a prompt gets
+the same continuation distribution whatever it is batched with. Each step feeds only the
+newly sampled tokens through the cache.
+
+Returned log-probs are those of the distribution the token was drawn from before top-k /
+top-p truncation: log softmax(logits / temperature) (plain log softmax when greedy), the
+"old" log-probs PPO's ratio needs when the policy is evaluated at the same temperature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.data.collators import PaddingCollator
+
+
+@dataclass
+class SamplingSettings:
+    """max_new_tokens: completion length cap. temperature: 0 = greedy, > 0 samples.
+    top_p / top_k: nucleus / top-k filtering (1.0 / 0 = off). stop_strings: end a
+    completion once its text contains one (the token completing it is kept). seed: makes
+    sampling repeatable (a private generator; the global RNG is untouched)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+@dataclass
+class Rollout:
+    """B sampled completions.
+
+    prompt_ids, prompt_mask: (B, P), left-padded. completion_ids: (B, C), right-padded
+    with the pad id after each completion's end. completion_mask: (B, C), 1 on sampled
+    tokens up to and including the EOS / stop token. logprobs: (B, C), 0 on pads.
+    finished: (B,) True where the completion ended by EOS or a stop string rather than
+    by reaching max_new_tokens.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    finished: torch.Tensor
+
+    def completion_lists(self) -> list[list[int]]:
+        return [
+            ids[mask.bool()].tolist()
+            for ids, mask in zip(self.completion_ids, self.completion_mask, strict=True)
+        ]
+
+    def texts(self, tokenizer) -> list[str]:
+        """Completion texts without special tokens (EOS, end-of-turn)."""
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.completion_lists()]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k and outside the nucleus (smallest set of tokens whose
+    probability reaches top_p, the most likely token always kept) to -inf. (B, V)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token
+        remove[:, 0] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: list[list[int]],
+    settings: SamplingSettings,
+    *,
+    eos_ids: set[int] | int,
+    pad_id: int,
+    tokenizer=None,
+) -> Rollout:
+    """Sample one completion per prompt (token-id lists). `tokenizer` is needed only
+    for `stop_strings`."""
+    if settings.stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer")
+    eos = torch.tensor(sorted({eos_ids} if isinstance(eos_ids, int) else set(eos_ids)))
+    device = next(model.parameters()).device
+    batch = PaddingCollator(pad_id, padding_side="left")([{"input_ids": p} for p in prompts])
+    input_ids = batch["input_ids"].to(device)
+    attention = batch["attention_mask"].to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    generator = None
+    if settings.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    rows = len(prompts)
+    tokens, logps = [], []
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)  # still producing tokens
+    eos = eos.to(device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    texts = [""] * rows
+    was_training = model.training
+    model.eval()
+    try:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        step_ids, step_positions = input_ids, positions
+        for _ in range(settings.max_new_tokens):
+            out = model(
+                input_ids=step_ids,
+                attention_mask=attention,
+                position_ids=step_positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1].float()
+            token, logp = _draw(logits, settings, generator)
+            token = torch.where(alive, token, torch.full_like(token, pad_id))
+            tokens.append(token)
+            logps.append(torch.where(alive, logp, torch.zeros_like(logp)))
+            lengths += alive.long()
+            ended = alive & torch.isin(token, eos)
+            if settings.stop_strings:
+                ended |= _hit_stop_strings(token, alive, texts, tokenizer, settings.stop_strings)
+            done |= ended
+            alive &= ~ended
+            if not alive.any():
+                break
+            step_ids = token[:, None]
+            step_positions = step_positions[:, -1:] + 1
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+    finally:
+        model.train(was_training)
+    completion_ids = torch.stack(tokens, dim=1)
+    logprobs = torch.stack(logps, dim=1)
+    columns = torch.arange(completion_ids.shape[1], device=device)
+    completion_mask = (columns[None, :] < lengths[:, None]).long()
+    return Rollout(
+        prompt_ids=batch["input_ids"],
+        prompt_mask=batch["attention_mask"],
+        completion_ids=completion_ids.cpu(),
+        completion_mask=completion_mask.cpu(),
+        logprobs=logprobs.cpu(),
+        finished=done.cpu(),
+    )
+
+
+def _draw(logits: torch.Tensor, settings: SamplingSettings, generator):
+    if settings.temperature == 0:
+        token = logits.argmax(-1)
+        return token, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+    scaled = logits / settings.temperature
+    logp_all = torch.log_softmax(scaled, -1)
+    filtered = filter_logits(scaled, settings.top_k, settings.top_p)
+    token = torch.multinomial(filtered.softmax(-1), 1, generator=generator)[:, 0]
+    return token, logp_all.gather(-1, token[:, None])[:, 0]
+
+
+def _hit_stop_strings(token, alive, texts, tokenizer, stop_strings) -> torch.Tensor:
+    hit = torch.zeros_like(alive)
+    for row in torch.nonzero(alive).flatten().tolist():
+        texts[row] += tokenizer.decode([int(token[row])], skip_special_tokens=True)
+        if any(stop in texts[row] for stop in stop_strings):
+            hit[row] = True
+    return hit

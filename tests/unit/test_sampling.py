@@ -1,0 +1,121 @@
+"""Batched sampling with a KV cache (alignkit.rollout)."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from alignkit.models.tiny import tiny_model
+from alignkit.rollout import SamplingSettings, filter_logits, sample
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_model(0, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [
+        tokenizer(text)["input_ids"]
+        for text in ("Hello there", "A longer prompt about the weather today")
+    ]
+
+
+def run(model, prompts, tokenizer, **settings):
+    return sample(
+        model,
+        prompts,
+        SamplingSettings(**settings),
+        eos_ids=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        tokenizer=tokenizer,
+    )
+
+
+def test_logprobs_match_a_teacher_forced_forward_despite_left_padding(model, prompts, tokenizer):
+    rollout = run(model, prompts, tokenizer, max_new_tokens=8, seed=1)
+    assert rollout.prompt_ids.shape[0] == 2 and (rollout.prompt_mask[0] == 0).any()
+    for row, prompt in enumerate(prompts):
+        completion = rollout.completion_lists()[row]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+        assert_close(rollout.logprobs[row, : len(completion)], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_temperature_scales_the_reported_logprobs(model, prompts, tokenizer):
+    rollout = run(model, prompts[:1], tokenizer, max_new_tokens=3, temperature=0.5, seed=0)
+    completion = rollout.completion_lists()[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompts[0] + completion])).logits[0, len(prompts[0]) - 1 : -1]
+    expected = torch.log_softmax(logits / 0.5, -1).gather(-1, torch.tensor(completion)[:, None])[
+        :, 0
+    ]
+    assert_close(rollout.logprobs[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(model, prompts, tokenizer):
+    a = run(model, prompts, tokenizer, max_new_tokens=6, seed=3)
+    b = run(model, prompts, tokenizer, max_new_tokens=6, seed=3)
+    c = run(model, prompts, tokenizer, max_new_tokens=6, seed=4)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_greedy_is_argmax(model, prompts, tokenizer):
+    rollout = run(model, prompts[:1], tokenizer, max_new_tokens=1, temperature=0)
+    with torch.no_grad():
+        expected = model(torch.tensor([prompts[0]])).logits[0, -1].argmax()
+    assert rollout.completion_ids[0, 0] == expected
+
+
+def test_stops_at_eos_and_pads_after(model, prompts, tokenizer):
+    """Greedy decoding is deterministic: declaring its third token an EOS ends the
+    completion there (kept, and masked in), pads after, finished=True."""
+    free = run(model, prompts[:1], tokenizer, max_new_tokens=6, temperature=0)
+    assert not free.finished[0] and free.completion_mask[0].sum() == 6
+    third = int(free.completion_ids[0, 2])
+    stopped = sample(
+        model,
+        prompts[:1],
+        SamplingSettings(max_new_tokens=6, temperature=0),
+        eos_ids={third},
+        pad_id=tokenizer.pad_token_id,
+    )
+    first_hit = free.completion_ids[0].tolist().index(third)
+    assert stopped.finished[0]
+    assert stopped.completion_mask[0].tolist() == [1] * (first_hit + 1) + [0] * (
+        stopped.completion_ids.shape[1] - first_hit - 1
+    )
+    assert stopped.completion_lists()[0] == free.completion_lists()[0][: first_hit + 1]
+
+
+def test_stop_strings_end_a_completion(model, prompts, tokenizer):
+    free = run(model, prompts[:1], tokenizer, max_new_tokens=6, temperature=0)
+    second = tokenizer.decode([int(free.completion_ids[0, 1])]).strip()
+    assert second, "pick a prompt whose second greedy token has visible text"
+    stopped = run(
+        model, prompts[:1], tokenizer, max_new_tokens=6, temperature=0, stop_strings=(second,)
+    )
+    assert stopped.finished[0]
+    assert len(stopped.completion_lists()[0]) <= 2
+    assert second in "".join(stopped.texts(tokenizer))
+
+
+def test_filter_logits_top_k_and_top_p():
+    """probs [0.5, 0.3, 0.15, 0.05]: top_p 0.8 keeps the first two (mass before the third
+    is 0.8), top_p 0.81 keeps three; top_k 1 keeps one."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda filtered: torch.isfinite(filtered[0]).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_p=0.8)) == [True, True, False, False]
+    assert kept(filter_logits(logits, top_p=0.81)) == [True, True, True, False]
+    assert kept(filter_logits(logits, top_k=1)) == [True, False, False, False]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert kept(filter_logits(shuffled, top_p=0.8)) == [False, True, False, True]
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingSettings(top_p=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingSettings(max_new_tokens=0)
