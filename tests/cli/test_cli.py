@@ -328,3 +328,37 @@ def test_score_with_a_bad_record_names_it_and_writes_nothing(
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 1
     assert "completion" in (tmp_path / "scored.jsonl.rejects.jsonl").read_text()
+
+
+def test_generate_writes_k_samples_per_prompt(tiny_model_dir, write_jsonl, tmp_path):
+    source = write_jsonl(
+        [
+            {"prompt": "Once upon a time", "id": "a"},
+            {"prompt": [{"role": "user", "content": "Hi"}], "id": "b"},
+            {"prompt": "Tell me", "id": "c"},
+        ]
+    )
+    out = tmp_path / "samples.jsonl"
+    args = ["generate", "--model", str(tiny_model_dir), "--data", str(source), "--out", str(out)]
+    result = alignkit(*args, "-n", "2", "--max-new-tokens", "4", "--batch-size", "4", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 6 completions for 3 prompts" in result.stdout
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(s["id"], s["sample"]) for s in samples] == [(i, k) for i in "abc" for k in (0, 1)]
+    assert isinstance(samples[0]["completion"], str)
+    assert samples[2]["completion"][0]["role"] == "assistant"
+    assert all(isinstance(s["finished"], bool) for s in samples)
+    again = tmp_path / "again.jsonl"
+    alignkit(
+        *args[:-1],
+        str(again),
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "4",
+        "--seed",
+        "1",
+    )
+    assert again.read_text() == out.read_text()  # seeded: repeatable
