@@ -244,6 +244,102 @@ class RewardConfig(TrainConfig):
             raise ConfigError(f"norm_samples must be at least 1, got {self.norm_samples}")
 
 
+@dataclass
+class RLConfig(TrainConfig):
+    """Keys shared by the on-policy RL commands (ppo, rloo, grpo)."""
+
+    data: str | None = setting(
+        None, "prompts file (records with a 'prompt'); or leave unset and name a task"
+    )
+    task: str | None = setting(
+        None, "built-in task (sentiment): its training prompts, and its oracle as default reward"
+    )
+    reward: str | None = setting(
+        None, "reward source: reward-model folder, module:function, file.py:function or task:NAME"
+    )
+    ref_model: str | None = setting(
+        None, "reference for the KL term; default the starting model (LoRA: adapter disabled)"
+    )
+    batch_size: int = setting(16, "prompts per rollout batch (one optimizer phase per batch)")
+    learning_rate: float = setting(1e-6, "peak learning rate of the policy (AdamW)")
+    lr_schedule: str = setting(
+        "constant", "decay after warm-up", choices=("cosine", "linear", "constant")
+    )
+    max_new_tokens: int = setting(48, "completion length cap when sampling")
+    temperature: float = setting(1.0, "sampling temperature (log-probs use the same one)")
+    top_p: float = setting(1.0, "nucleus sampling (1.0 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+    stop: list[str] = setting([], "stop strings that end a completion")
+    kl_coef: float = setting(0.05, "beta of the KL penalty folded into the reward")
+    kl_estimator: str = setting("k1", "per-token KL estimator", choices=("k1", "k2", "k3"))
+    kl_target: float | None = setting(
+        None, "adaptive KL control: target KL per completion (null: fixed kl_coef)"
+    )
+    kl_horizon: int = setting(10000, "adaptive KL control horizon, in completions")
+    ppo_epochs: int = setting(4, "passes over each rollout batch")
+    num_minibatches: int = setting(1, "optimizer steps per pass over a rollout batch")
+    cliprange: float = setting(0.2, "policy ratio clip range")
+    missing_eos_penalty: float | None = setting(
+        None, "subtract this from the score of completions cut at max_new_tokens"
+    )
+    sample_every: int = setting(10, "write example completions to samples.jsonl every N steps")
+    save_every: int | None = setting(
+        50, "write checkpoints/step-N every this many steps; null: only final/"
+    )
+    log_every: int = setting(1, "log metrics every this many steps")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_minibatches "
+                f"({self.num_minibatches})"
+            )
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class PPOConfig(RLConfig):
+    output_dir: str = setting(
+        "runs/ppo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    critic: str = setting(
+        "auto",
+        "value model: 'reward' (initialised from the reward model), 'policy' (from the "
+        "policy, fresh head); auto = reward when the reward is a model folder",
+        choices=("auto", "reward", "policy"),
+    )
+    critic_learning_rate: float = setting(1e-5, "learning rate of the value model")
+    gamma: float = setting(1.0, "discount")
+    lam: float = setting(0.95, "GAE lambda")
+    cliprange_value: float = setting(0.2, "value clip range around the rollout's values")
+    vf_coef: float = setting(0.1, "weight of the value loss")
+    whiten_advantages: bool = setting(True, "normalise advantages over each rollout batch")
+    ptx_data: str | None = setting(None, "sft data for the PPO-ptx term (InstructGPT)")
+    ptx_coef: float = setting(0.0, "weight of the pretraining/SFT log-likelihood term")
+
+
+@dataclass
+class RLOOConfig(RLConfig):
+    output_dir: str = setting(
+        "runs/rloo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    num_generations: int = setting(4, "completions per prompt (the leave-one-out group)")
+    ppo_epochs: int = setting(1, "passes over each rollout batch")
+
+
+@dataclass
+class GRPOConfig(RLConfig):
+    output_dir: str = setting(
+        "runs/grpo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    num_generations: int = setting(4, "completions per prompt (the normalisation group)")
+    ppo_epochs: int = setting(1, "passes over each rollout batch")
+    kl_coef: float = setting(0.0, "KL folded into the reward (GRPO puts it in the loss: beta)")
+    beta: float = setting(0.04, "weight of the per-token k3 KL term in the loss")
+
+
 # ---- building configs -----------------------------------------------------------------
 
 

@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "alignkit.cli.rm",
     "alignkit.cli.score",
     "alignkit.cli.generate",
+    "alignkit.cli.ppo",
+    "alignkit.cli.rloo",
+    "alignkit.cli.grpo",
 )
 
 

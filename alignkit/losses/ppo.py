@@ -85,6 +85,37 @@ def policy_loss(
     return loss, metrics
 
 
+def grpo_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    ref_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip: float = 0.2,
+    beta: float = 0.04,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO objective (Shao et al. 2024, Eq. 3), negated: per token
+    -min(rho A, clip(rho) A) + beta * k3(pi || pi_ref), averaged over each completion's
+    tokens, then over completions. advantages: (B,), one per completion. Returns the
+    per-completion losses (B,) and metrics."""
+    mask = mask.to(logps.dtype)
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    adv = advantages[:, None]
+    surrogate = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip))
+    kl = kl_estimate(logps, ref_logps, "k3")
+    per_token = surrogate + beta * kl
+    losses = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    metrics = {
+        "policy/approxkl": masked_mean(0.5 * log_ratio.detach() ** 2, mask),
+        "policy/clipfrac": masked_mean(
+            ((ratio - 1).abs() > clip).float() * (surrogate > -adv * ratio).float(), mask
+        ).detach(),
+        "policy/kl_to_ref": masked_mean(kl.detach(), mask),
+    }
+    return losses, metrics
+
+
 def value_loss(
     values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2
 ) -> tuple[Tensor, dict[str, Tensor]]:

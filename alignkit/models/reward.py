@@ -161,6 +161,26 @@ class RewardScores(nn.Module):
         return score_head(self.model)(picked).float()
 
 
+class TokenValues(nn.Module):
+    """A value model (PPO's critic): the scalar head read at every position.
+
+    forward(input_ids (B, T), position_ids | None) -> (B, T) float32. Right-padded rows
+    need no attention mask (see `RewardScores`).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        use_packed_attention(_unwrap(model))
+
+    def forward(self, input_ids, position_ids=None, **_ignored):
+        base = _unwrap(self.model)
+        hidden = base.base_model(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return score_head(self.model)(hidden)[..., 0].float()
+
+
 def score_positions(batch: dict) -> torch.Tensor:
     """(S,) flat positions of each sequence's last real token in a collated batch."""
     if "cu_seqlens" in batch:

@@ -135,10 +135,13 @@ class CausalLMLogps(nn.Module):
     (`alignkit.ops.attention`), which attends within each sequence only.
     """
 
-    def __init__(self, model: nn.Module, chunk: int | None = None):
+    def __init__(self, model: nn.Module, chunk: int | None = None, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        # log-probs of softmax(logits / temperature): what a sampler at that temperature
+        # drew from (RL ratios must compare the same distribution)
+        self.temperature = temperature
         use_packed_attention(self.causal_lm)
 
     @property
@@ -158,10 +161,16 @@ class CausalLMLogps(nn.Module):
         mask = targets != IGNORE_INDEX
         safe_targets = targets.masked_fill(~mask, 0)
         head = lm.get_output_embeddings()
+        inputs = hidden[:, :-1]
+        scale = 1.0 / self.temperature if self.temperature not in (0, 1) else None
         if type(head) is nn.Linear:
-            logps = token_logps(hidden[:, :-1], head.weight, safe_targets, head.bias, self.chunk)
+            bias = head.bias
+            if scale is not None:  # (h W + b) / t == (h / t) W + b / t
+                inputs, bias = inputs * scale, (bias * scale if bias is not None else None)
+            logps = token_logps(inputs, head.weight, safe_targets, bias, self.chunk)
         else:  # an adapted or unusual head: fall back to full logits
-            logps = naive_token_logps(head(hidden[:, :-1]), safe_targets)
+            logits = head(inputs)
+            logps = naive_token_logps(logits * scale if scale is not None else logits, safe_targets)
         return logps * mask, mask
 
 

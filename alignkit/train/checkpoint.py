@@ -125,8 +125,10 @@ def save_checkpoint(
     scheduler,
     state: TrainerState,
     rng_states: list[dict],
+    extra: dict | None = None,
 ) -> Path:
-    """Write checkpoints/step-N atomically (call on the main process only)."""
+    """Write checkpoints/step-N atomically (call on the main process only). `extra`: a
+    JSON-able dict of further state (e.g. a KL controller), read back by `load_extra`."""
     target = checkpoints_dir(output_dir) / f"step-{state.step}"
     with atomic_directory(target, overwrite=True) as tmp:
         save_file(trainable_state(model), str(tmp / "weights.safetensors"))
@@ -134,7 +136,14 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save([_rng_to_plain(s) for s in rng_states], tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+        if extra is not None:
+            (tmp / "extra.json").write_text(json.dumps(extra, indent=2))
     return target
+
+
+def load_extra(path: Path) -> dict:
+    file = Path(path) / "extra.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def load_checkpoint(

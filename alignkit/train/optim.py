@@ -20,13 +20,8 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": config.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    on_cuda = any(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(
-        groups,
-        lr=config.learning_rate,
-        betas=tuple(config.adam_betas),
-        fused=True if on_cuda else None,
-        foreach=None if on_cuda else True,
+        groups, lr=config.learning_rate, betas=tuple(config.adam_betas), fused=True
     )
 
 

@@ -149,3 +149,20 @@ def test_adaptive_kl_controller():
     restored = AdaptiveKLController(0.5, target=6.0, horizon=10_000)
     restored.load_state_dict(controller.state_dict())
     assert restored.value == controller.value
+
+
+def test_grpo_loss_normalises_per_completion():
+    """Two completions, advantages [1, -1], no clipping (ratio 1), beta 0.1.
+    Completion 0 (2 tokens), policy = ref: per token -1 -> mean -1.
+    Completion 1 (1 real token of 2), log ratio to ref log 0.5 (pi_ref = pi/2 -> r = 0.5):
+    k3 = (0.5 - 1) - log 0.5 = 0.193147; per token +1 + 0.0193147 -> 1.0193147.
+    Mean over completions: (-1 + 1.0193147) / 2 = 0.0096574."""
+    from alignkit.losses.ppo import grpo_loss
+
+    logps = torch.zeros(2, 2)
+    ref = torch.tensor([[0.0, 0.0], [math.log(0.5), 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    losses, metrics = grpo_loss(logps, logps, ref, t(1.0, -1.0), mask, clip=0.2, beta=0.1)
+    assert_close(losses, t(-1.0, 1.0193147), atol=1e-6, rtol=0)
+    assert losses.mean().item() == pytest.approx(0.0096574, abs=1e-6)
+    assert metrics["policy/clipfrac"].item() == 0.0
