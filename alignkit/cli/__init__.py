@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "alignkit.cli.ppo",
     "alignkit.cli.rloo",
     "alignkit.cli.grpo",
+    "alignkit.cli.quickstart",
 )
 
 

@@ -77,8 +77,10 @@ class RolloutBatch:
     """A scored rollout ready for the losses; R = prompts x group.
 
     input_ids: (R, T) prompt + completion, right-padded. index: (R, C) position in the
-    (R, T-1) per-token outputs of each completion token. mask: (R, C). scores: (R,).
-    prompts: the R prompt records' `prompt` values; texts: the R completion texts.
+    (R, T-1) per-token outputs of each completion token. mask: (R, C). scores: (R,)
+    (after any missing-EOS penalty; raw_scores before). sample_logps: (R, C) the
+    sampler's log-probs. prompts: the R prompt records' `prompt` values; texts: the R
+    completion texts.
     """
 
     input_ids: torch.Tensor
@@ -88,6 +90,7 @@ class RolloutBatch:
     scores: torch.Tensor
     raw_scores: torch.Tensor
     finished: torch.Tensor
+    sample_logps: torch.Tensor
     prompts: list
     texts: list[str]
 
@@ -340,6 +343,7 @@ class PolicyGradientRun:
             scores=scores,
             raw_scores=raw,
             finished=rollout.finished,
+            sample_logps=rollout.logprobs,
             prompts=prompts,
             texts=texts,
         )
