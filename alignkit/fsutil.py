@@ -67,3 +67,25 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def atomic_jsonl(final: Path | str) -> Iterator:
+    """Write a JSONL file that appears only when complete: yields `write(record)`; the
+    lines go to a hidden temporary beside `final`, renamed over it on success and removed
+    on any error (so a failed run never leaves a half-written output)."""
+    import json
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "w", encoding="utf-8") as sink:
+
+            def write(record: dict) -> None:
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+            yield write
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -221,15 +221,17 @@ class Quickstart:
             f"    held-out reward-model accuracy {result.last_metrics.get('eval/accuracy', float('nan')):.3f}"
         )
 
-    def train_ppo(self) -> None:
+    def train_ppo(self, name: str = "ppo", reward: str | None = None, critic: str = "auto") -> None:
+        """PPO from the starting policy; by default against the stage-3 reward model."""
         from alignkit.config import PPOConfig
         from alignkit.methods.ppo import run_ppo
 
         run_ppo(
             PPOConfig(
-                **self._common("ppo"),
+                **self._common(name),
                 data=str(self.out / "pairs" / "prompts.jsonl"),
-                reward=str(self.out / "rm" / "final"),
+                reward=reward or str(self.out / "rm" / "final"),
+                critic=critic,
                 max_steps=self.preset.ppo_steps,
                 batch_size=self.preset.ppo_batch_size,
                 learning_rate=self.preset.ppo_learning_rate,
@@ -258,7 +260,9 @@ class Quickstart:
             )
         )
 
-    def evaluate(self) -> None:
+    def evaluate_policies(self, policies: dict) -> tuple[dict, dict]:
+        """Each policy (name -> model folder, None for the start) on the held-out prompts:
+        (rows of oracle reward / KL to start / length, samples)."""
         from alignkit.evaluate.policy import evaluate_policy
         from alignkit.feedback.function import load_judge
         from alignkit.models.loading import load_model_and_tokenizer
@@ -269,16 +273,10 @@ class Quickstart:
         start, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         start.eval()
         rows, samples = {}, {}
-        for name, path in (
-            ("start", None),
-            ("ppo", self.out / "ppo" / "final"),
-            ("dpo", self.out / "dpo" / "final"),
-        ):
-            policy = (
-                start
-                if path is None
-                else load_model_and_tokenizer(path, device="auto", dtype="float32")[0]
-            )
+        for name, path in policies.items():
+            policy = start
+            if path is not None:
+                policy = load_model_and_tokenizer(path, device="auto", dtype="float32")[0]
             result = evaluate_policy(
                 policy,
                 tokenizer,
@@ -295,11 +293,16 @@ class Quickstart:
                 "mean_length": result.length,
             }
             samples[name] = result.samples
-            del policy
+        return rows, samples
+
+    def evaluate(self) -> None:
+        rows, samples = self.evaluate_policies(
+            {"start": None, "ppo": self.out / "ppo" / "final", "dpo": self.out / "dpo" / "final"}
+        )
         summary = {
             "preset": self.preset_name,
             "task": "sentiment",
-            "held_out_prompts": len(held_out),
+            "held_out_prompts": len(samples["start"]),
             "policies": rows,
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -308,22 +311,25 @@ class Quickstart:
             [
                 {
                     "prompt": samples["start"][i]["prompt"],
-                    **{f"{name}": samples[name][i]["completion"] for name in samples},
+                    **{name: samples[name][i]["completion"] for name in samples},
                     **{f"{name}_score": samples[name][i]["score"] for name in samples},
                 }
-                for i in range(len(held_out))
+                for i in range(len(samples["start"]))
             ],
         )
 
 
 def format_summary(summary: dict) -> str:
+    width = max(8, *(len(name) + 2 for name in summary["policies"]))
     lines = [
         f"sentiment task, {summary['held_out_prompts']} held-out prompts (preset {summary['preset']})",
-        f"{'policy':<8}{'oracle reward':>16}{'KL to start':>13}{'length':>8}",
+        f"{'policy':<{width}}{'oracle reward':>16}{'KL to start':>13}{'length':>8}",
     ]
     for name, row in summary["policies"].items():
         reward = f"{row['oracle_reward']:+.3f} ± {row['reward_sem']:.3f}"
-        lines.append(f"{name:<8}{reward:>16}{row['kl_to_start']:>13.2f}{row['mean_length']:>8.1f}")
+        lines.append(
+            f"{name:<{width}}{reward:>16}{row['kl_to_start']:>13.2f}{row['mean_length']:>8.1f}"
+        )
     return "\n".join(lines)
 
 

@@ -15,13 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from alignkit.config import PPOConfig
-from alignkit.evaluate.policy import evaluate_policy
-from alignkit.feedback.function import load_judge
-from alignkit.methods.ppo import run_ppo
-from alignkit.models.loading import load_model_and_tokenizer
-from alignkit.quickstart import Quickstart
-from alignkit.tasks.sentiment import prompts
+from alignkit.quickstart import Quickstart, format_summary
 
 
 def main() -> None:
@@ -36,65 +30,19 @@ def main() -> None:
         if not (args.run / f"{name}.done").is_file():
             stage()
             (args.run / f"{name}.done").write_text("{}")
-    preset = quickstart.preset
-    oracle_dir = args.run / "ppo-oracle"
-    if not (oracle_dir / "final" / "config.json").is_file():
-        run_ppo(
-            PPOConfig(
-                model=quickstart.model,
-                output_dir=str(oracle_dir),
-                data=str(args.run / "pairs" / "prompts.jsonl"),
-                reward="task:sentiment",
-                critic="policy",
-                max_steps=preset.ppo_steps,
-                batch_size=preset.ppo_batch_size,
-                learning_rate=preset.ppo_learning_rate,
-                critic_learning_rate=10 * preset.ppo_learning_rate,
-                max_new_tokens=preset.max_new_tokens,
-                temperature=preset.temperature,
-                ppo_epochs=2,
-                kl_coef=0.05,
-                save_every=None,
-            )
-        )
-    held_out = prompts("test")[: preset.eval_prompts]
-    judge = load_judge("task:sentiment")
-    start, tokenizer = load_model_and_tokenizer(quickstart.model, device="auto", dtype="float32")
-    results = {}
-    for name, path in (
-        ("start", None),
-        ("PPO vs reward model", args.run / "ppo" / "final"),
-        ("PPO vs oracle", oracle_dir / "final"),
-    ):
-        policy = (
-            start
-            if path is None
-            else load_model_and_tokenizer(path, device="auto", dtype="float32")[0]
-        )
-        evaluation = evaluate_policy(
-            policy,
-            tokenizer,
-            held_out,
-            judge,
-            quickstart.sampling(10_000),
-            reference=None if path is None else start,
-        )
-        results[name] = {
-            "oracle_reward": evaluation.reward,
-            "reward_sem": evaluation.reward_sem,
-            "kl_to_start": evaluation.kl,
-            "mean_length": evaluation.length,
+    if not (args.run / "ppo-oracle" / "final" / "config.json").is_file():
+        quickstart.train_ppo("ppo-oracle", reward="task:sentiment", critic="policy")
+    rows, samples = quickstart.evaluate_policies(
+        {
+            "start": None,
+            "PPO vs reward model": args.run / "ppo" / "final",
+            "PPO vs oracle": args.run / "ppo-oracle" / "final",
         }
-        print(
-            f"{name:<22} oracle reward {evaluation.reward:+.3f} ± {evaluation.reward_sem:.3f}   "
-            f"KL to start {evaluation.kl:.2f}   length {evaluation.length:.1f}"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"held_out_prompts": len(held_out), "preset": "full", "results": results}, indent=2
-        )
     )
+    summary = {"preset": "full", "held_out_prompts": len(samples["start"]), "policies": rows}
+    print(format_summary(summary))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

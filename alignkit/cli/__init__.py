@@ -23,9 +23,7 @@ COMMAND_MODULES = (
     "alignkit.cli.rm",
     "alignkit.cli.score",
     "alignkit.cli.generate",
-    "alignkit.cli.ppo",
-    "alignkit.cli.rloo",
-    "alignkit.cli.grpo",
+    "alignkit.cli.rl",
     "alignkit.cli.quickstart",
 )
 

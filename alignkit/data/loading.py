@@ -149,3 +149,15 @@ def _summarise(path: str | Path, problems: list[RecordProblem]) -> str:
         lines.append(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
     head = f"{path}: {len(problems)} invalid record(s) (pass skip_invalid to set them aside in a rejects file)"
     return "\n".join([head, *lines])
+
+
+def chunks(items, size: int):
+    """Lists of `size` consecutive items (the last may be shorter), lazily."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

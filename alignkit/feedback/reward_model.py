@@ -9,20 +9,19 @@ standard deviation as `score_std`.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from alignkit.data.loading import RecordProblem, iter_checked, write_rejects
+from alignkit.data.loading import RecordProblem, chunks, iter_checked, write_rejects
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.judge import ScoringJudge, Text
+from alignkit.fsutil import atomic_jsonl
 from alignkit.models.device import select_device
 from alignkit.models.loading import load_tokenizer, resolve_model_path
 from alignkit.models.reward import (
@@ -166,29 +165,25 @@ def score_file(
     `skip_invalid`, which writes it to `<out>.rejects.jsonl` instead.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     window = window or judge.batch_size * 8
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     result = ScoreFileResult()
     bar = _progress_bar(data, progress)
     try:
-        with open(partial, "w", encoding="utf-8") as sink:
-            for chunk in _windows(_valid_records(data, skip_invalid, result), window):
+        with atomic_jsonl(out) as write:
+            for chunk in chunks(_valid_records(data, skip_invalid, result), window):
                 scored = judge.score_records(chunk)
                 for k, record in enumerate(chunk):
                     extra = {"score": scored.scores[k]}
                     if scored.stds is not None:
                         extra["score_std"] = scored.stds[k]
                     result.too_long += scored.scores[k] is None
-                    sink.write(json.dumps({**record, **extra}, ensure_ascii=False) + "\n")
+                    write({**record, **extra})
                 result.written += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
-        os.replace(partial, out)
     finally:
         if bar is not None:
             bar.close()
-        partial.unlink(missing_ok=True)
     if result.rejected:
         result.rejects_path = out.with_name(out.name + ".rejects.jsonl")
         write_rejects(result.rejects_path, result.rejected)
@@ -218,17 +213,6 @@ def _valid_records(data, skip_invalid: bool, result: ScoreFileResult) -> Iterato
                 f"{problem} (nothing written; pass --skip-invalid to set such records aside)",
                 [problem],
             )
-
-
-def _windows(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _progress_bar(data, enabled: bool):

@@ -12,27 +12,15 @@ import torch
 
 from alignkit.data.collators import PaddingCollator
 from alignkit.data.templating import ChatEncoder
+from alignkit.rollout.sampling import SamplingSettings
 
 
 @dataclass
-class GenerationSettings:
-    """max_new_tokens: reply length cap. temperature: 0 = greedy (the default), >0 samples.
-    top_p / top_k: nucleus / top-k filtering when sampling (1.0 / 0 = off). seed: makes
-    sampling repeatable."""
+class GenerationSettings(SamplingSettings):
+    """Sampling settings with chat defaults: greedy (temperature 0), up to 256 new tokens."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def __post_init__(self):
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @torch.no_grad()

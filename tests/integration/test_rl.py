@@ -5,6 +5,7 @@ the first batch (about 1 word in 8) and must raise it."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,25 +156,91 @@ def test_lora_policy_uses_the_disabled_adapter_as_reference(rl_files, tmp_path):
     assert logged[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_ppo_resume_continues_exactly(rl_files, tmp_path):
-    """4 steps with a checkpoint at step 2, resumed, equal 4 uninterrupted steps: the same
-    logged scores and KL, the same final weights."""
-    common = dict(max_steps=4, save_every=2, kl_target=1.0, kl_horizon=100)
-    run_ppo(PPOConfig(**rl_settings(rl_files, tmp_path / "a", **common)))
-    run_ppo(
-        PPOConfig(
-            **rl_settings(rl_files, tmp_path / "b", **{**common, "max_steps": 2, "save_every": 1})
-        )
+def test_ppo_sigkill_then_resume_equals_the_uninterrupted_run(rl_files, tmp_path):
+    """A PPO run killed (SIGKILL) after its step-4 checkpoint and resumed with
+    resume=auto logs the same scores, KL and KL coefficient and ends with the same
+    weights as the uninterrupted run (adaptive KL control, so its state must be restored)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    policy, prompts = rl_files
+
+    def command(output_dir, *extra):
+        return [
+            sys.executable, "-m", "alignkit", "-q", "ppo",
+            f"model={policy}", f"data={prompts}", f"output_dir={output_dir}",
+            "reward=tests.integration.test_rl:apple_reward",
+            "batch_size=8", "max_new_tokens=6", "learning_rate=1e-3", "max_steps=8",
+            "save_every=4", "log_every=1", "kl_target=1.0", "kl_horizon=100", *extra,
+        ]  # fmt: skip
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    done = subprocess.run(
+        command(tmp_path / "straight"), capture_output=True, text=True, env=env, cwd=root
     )
-    run_ppo(PPOConfig(**rl_settings(rl_files, tmp_path / "b", **{**common, "resume": "auto"})))
-    straight, resumed = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
-    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    assert done.returncode == 0, done.stderr[-3000:]
+    process = subprocess.Popen(
+        command(tmp_path / "killed"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=root,
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "checkpoints" / "step-4").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    done = subprocess.run(
+        command(tmp_path / "killed", "resume=auto"),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "killed")
+    assert [m["step"] for m in resumed] == list(range(1, 9))
     for a, b in zip(straight, resumed, strict=True):
         for key in ("objective/scores", "objective/kl", "kl_coef", "value/loss"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (key, a["step"])
-    from safetensors.torch import load_file
-
-    wa = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    assert straight[-1]["kl_coef"] != 0.05  # the controller moved, and was restored
+    wa = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0)
+
+
+def test_missing_eos_penalty_and_ptx_term(rl_files, tmp_path):
+    """Completions cut at max_new_tokens lose `missing_eos_penalty` from their score; the
+    PPO-ptx term trains on SFT records and is logged."""
+    sft_file = rl_files[1].parent / "sft.jsonl"
+    config = PPOConfig(
+        **rl_settings(
+            rl_files,
+            tmp_path / "ptx",
+            max_steps=2,
+            missing_eos_penalty=1.0,
+            ptx_data=str(sft_file),
+            ptx_coef=0.5,
+        )
+    )
+    algorithm = PPO(config)
+    run = PolicyGradientRun(config, algorithm)
+    algorithm.attach(run)
+    batch = run.rollout(0)
+    assert (~batch.finished).any()
+    expected = torch.where(batch.finished, batch.raw_scores, batch.raw_scores - 1.0)
+    torch.testing.assert_close(batch.scores, expected)
+    run.run()
+    logged = read_metrics(tmp_path / "ptx")
+    assert all(0 < m["ptx/loss"] < 20 for m in logged)
