@@ -47,16 +47,17 @@ class Preset:
 
 PRESETS = {
     "full": Preset(
-        train_prompts=160,
+        train_prompts=192,
         eval_prompts=80,
-        max_new_tokens=32,
-        rm_epochs=2,
-        rm_learning_rate=2e-5,
-        ppo_steps=12,
+        max_new_tokens=24,
+        rm_epochs=3,
+        rm_learning_rate=5e-5,
+        ppo_steps=10,
         ppo_batch_size=16,
-        ppo_learning_rate=2e-6,
+        ppo_learning_rate=1e-5,
         dpo_epochs=2,
-        dpo_learning_rate=2e-6,
+        dpo_learning_rate=2e-5,
+        min_score_gap=0.25,
     ),
     "tiny": Preset(
         train_prompts=32,

@@ -24,7 +24,10 @@ def alignkit(*args, stdin=None):
 def test_help_lists_command_groups_and_version():
     result = alignkit("--help")
     assert result.returncode == 0
-    for group in ("models", "chat", "data", "sft", "dpo", "kto", "rm", "score"):
+    for group in (
+        "models", "chat", "data", "sft", "dpo", "kto", "rm", "score", "generate", "ppo", "rloo",
+        "grpo", "quickstart",
+    ):  # fmt: skip
         assert f"    {group}" in result.stdout
     from alignkit import __version__
 
@@ -362,3 +365,26 @@ def test_generate_writes_k_samples_per_prompt(tiny_model_dir, write_jsonl, tmp_p
         "1",
     )
     assert again.read_text() == out.read_text()  # seeded: repeatable
+
+
+def test_ppo_on_the_sentiment_task_from_the_command_line(tiny_model_dir, tmp_path):
+    result = alignkit(
+        "ppo",
+        f"model={tiny_model_dir}",
+        "task=sentiment",
+        f"output_dir={tmp_path / 'ppo'}",
+        "max_steps=1",
+        "batch_size=2",
+        "max_new_tokens=4",
+        "save_every=null",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "done: 1 steps" in result.stdout
+    samples = (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 and '"score"' in samples[0]
+
+
+def test_rl_without_prompts_or_reward_is_a_clear_error(tiny_model_dir, tmp_path):
+    result = alignkit("grpo", f"model={tiny_model_dir}", f"output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "give prompts with data=FILE or a built-in task with task=sentiment" in result.stderr
