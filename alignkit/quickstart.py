@@ -147,7 +147,7 @@ class Quickstart:
     # ---- stages ---------------------------------------------------------------------
 
     def make_pairs(self) -> None:
-        from alignkit.data.templating import ChatEncoder
+        from alignkit.data.templating import ChatEncoder, pad_token_id
         from alignkit.models.loading import load_model_and_tokenizer
         from alignkit.rollout.sampling import sample
         from alignkit.tasks.sentiment import oracle, prompts
@@ -155,10 +155,7 @@ class Quickstart:
         train = prompts("train")[: self.preset.train_prompts]
         model, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         encoder = ChatEncoder(tokenizer)
-        eos = {i for i in encoder.end_of_turn_ids | {tokenizer.eos_token_id} if i is not None}
-        pad = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
+        eos, pad = encoder.stop_token_ids, pad_token_id(tokenizer)
         pairs, skipped = [], 0
         batch = max(1, self.preset.batch_size // 2)
         from tqdm.auto import tqdm

@@ -126,6 +126,12 @@ class ChatEncoder:
         self.end_of_turn_ids = set(end_of_turn_ids)
         self.report = TruncationReport()
 
+    @property
+    def stop_token_ids(self) -> set[int]:
+        """Tokens that end a generated reply: EOS and the end-of-turn token(s)."""
+        ids = self.end_of_turn_ids | {self.tokenizer.eos_token_id}
+        return {i for i in ids if i is not None}
+
     # ---- public API, one method per record kind -------------------------------------
 
     def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
@@ -284,6 +290,12 @@ class ChatEncoder:
         if len(self.report.dropped_examples) < 5:
             self.report.dropped_examples.append(record)
         return None
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, or EOS when it has none (masks come
+    from lengths, never from this id, so sharing it with EOS is safe)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _check_prefix(prefix: list[int], full: list[int], *, what: str) -> None:

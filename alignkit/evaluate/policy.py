@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignkit.data.templating import ChatEncoder
+from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.ops.logprobs import CausalLMLogps
 from alignkit.rollout.sampling import SamplingSettings, sample
 
@@ -42,8 +42,7 @@ def evaluate_policy(
     from alignkit.methods.rl import build_batch, completion_logps
 
     encoder = ChatEncoder(tokenizer)
-    eos = {i for i in encoder.end_of_turn_ids | {tokenizer.eos_token_id} if i is not None}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos, pad = encoder.stop_token_ids, pad_token_id(tokenizer)
     temperature = settings.temperature if settings.temperature > 0 else 1.0
     policy_logps = CausalLMLogps(model, temperature=temperature)
     ref_logps = CausalLMLogps(reference, temperature=temperature) if reference is not None else None

@@ -12,6 +12,7 @@ import torch
 from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.loading import load_records
 from alignkit.data.records import Kind
+from alignkit.data.templating import pad_token_id
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import load_model, load_tokenizer
 from alignkit.models.lora import apply_lora
@@ -23,8 +24,7 @@ def build_collator(tokenizer, packing: bool):
     """Padding-free packing, or right padding with the tokenizer's pad id (EOS if none)."""
     if packing:
         return PackingCollator()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PaddingCollator(pad)
+    return PaddingCollator(pad_token_id(tokenizer))
 
 
 def seed_everything(seed: int) -> None:

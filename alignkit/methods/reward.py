@@ -307,7 +307,7 @@ def run_rm(config: RewardConfig) -> TrainResult:
 
 def _configure_pad(model, tokenizer, encoder: ChatEncoder) -> int:
     """Give the saved model and tokenizer a pad id that never ends a scored sequence."""
-    pad_id = reward_pad_id(tokenizer, encoder.end_of_turn_ids | {tokenizer.eos_token_id})
+    pad_id = reward_pad_id(tokenizer, encoder.stop_token_ids)
     if pad_id is None:
         raise AlignkitError(
             "the tokenizer has no special token other than its end-of-sequence token(s) to use "

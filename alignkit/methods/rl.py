@@ -38,26 +38,26 @@ from alignkit.config import ConfigError, RLConfig, save_config
 from alignkit.data.collators import PaddingCollator
 from alignkit.data.loading import load_records
 from alignkit.data.records import Kind
-from alignkit.data.templating import IGNORE_INDEX, ChatEncoder
-from alignkit.errors import AlignkitError
+from alignkit.data.templating import IGNORE_INDEX, ChatEncoder, pad_token_id
 from alignkit.losses.ppo import AdaptiveKLController, FixedKLController, kl_estimate
 from alignkit.methods.common import load_trainable_model, seed_everything
 from alignkit.models.device import select_device
+from alignkit.models.lora import enable_gradient_checkpointing
 from alignkit.ops.logprobs import CausalLMLogps
 from alignkit.ops.stats import masked_mean
 from alignkit.rollout.sampling import Rollout, SamplingSettings, sample
 from alignkit.train.checkpoint import (
     TrainerState,
     capture_rng,
-    load_checkpoint,
     load_extra,
     prune_checkpoints,
     resolve_resume,
+    resume_checkpoint,
     save_checkpoint,
 )
 from alignkit.train.loop import TrainResult, save_final, step_indices
-from alignkit.train.metrics import MetricsSink
-from alignkit.train.optim import lr_multiplier
+from alignkit.train.metrics import MetricsSink, truncate_after
+from alignkit.train.optim import build_scheduler, parameter_groups
 
 log = logging.getLogger("alignkit")
 
@@ -185,32 +185,19 @@ class PolicyGradientRun:
         if config.gradient_checkpointing:
             for module in (policy, critic):
                 if module is not None:
-                    base = module.get_base_model() if hasattr(module, "get_base_model") else module
-                    base.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
-                    )
+                    enable_gradient_checkpointing(module)
         self.optimizer = self._build_optimizer()
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * len(self.prompt_records) / config.batch_size)
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_multiplier(
-                step,
-                warmup_steps=config.warmup_steps,
-                total_steps=self.total_steps,
-                schedule=config.lr_schedule,
-            ),
-        )
+        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.kl_controller = (
             AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
             if config.kl_target is not None
             else FixedKLController(config.kl_coef)
         )
-        eos = self.encoder.end_of_turn_ids | {self.tokenizer.eos_token_id}
-        self.eos_ids = {i for i in eos if i is not None}
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.eos_ids = self.encoder.stop_token_ids
+        self.pad_id = pad_token_id(self.tokenizer)
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -293,11 +280,7 @@ class PolicyGradientRun:
                 (self.model.critic, getattr(config, "critic_learning_rate", config.learning_rate))
             )
         for module, lr in parts:
-            decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
-            no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
-            groups.append({"params": decay, "weight_decay": config.weight_decay, "lr": lr})
-            if no_decay:
-                groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+            groups.extend(parameter_groups(module, config.weight_decay, lr))
         return torch.optim.AdamW(groups, betas=tuple(config.adam_betas), fused=True)
 
     # ---- one step -------------------------------------------------------------------
@@ -434,12 +417,9 @@ class PolicyGradientRun:
         state = TrainerState(data_fingerprint=fingerprint)
         checkpoint = resolve_resume(config.resume, self.output_dir)
         if checkpoint is not None:
-            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
-            if state.data_fingerprint != fingerprint:
-                raise AlignkitError(
-                    f"cannot resume from {checkpoint}: it was trained with {state.data_fingerprint}, "
-                    f"this run has {fingerprint}"
-                )
+            state = resume_checkpoint(
+                checkpoint, self.model, self.optimizer, self.scheduler, fingerprint
+            )
             self.kl_controller.load_state_dict(load_extra(checkpoint)["kl_controller"])
             log.info("resumed from %s (step %d)", checkpoint, state.step)
         from alignkit.config import to_dict
@@ -451,7 +431,7 @@ class PolicyGradientRun:
             total_steps=self.total_steps,
             start_step=state.step,
         )
-        _truncate_samples(self.output_dir / "samples.jsonl", state.step)
+        truncate_after(self.output_dir / "samples.jsonl", state.step)
         metrics: dict[str, float] = {}
         try:
             while state.step < self.total_steps:
@@ -506,13 +486,3 @@ class PolicyGradientRun:
                     "finished": bool(batch.finished[i]),
                 }
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _truncate_samples(path: Path, step: int) -> None:
-    """On resume, drop samples written after the checkpoint (they are written again)."""
-    if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))

@@ -41,3 +41,16 @@ def apply_lora(model, settings: LoraSettings, *, task_type: str = "CAUSAL_LM"):
         task_type=task_type,
     )
     return get_peft_model(model, config)
+
+
+def unwrap(model):
+    """The transformers model inside a PEFT wrapper (the model itself if unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant: works with frozen inputs and
+    PEFT adapters)."""
+    unwrap(model).gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )

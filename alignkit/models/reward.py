@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
+from alignkit.models.lora import unwrap
 from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
 
 log = logging.getLogger("alignkit")
@@ -93,7 +94,7 @@ def load_reward_model(
 
 def score_head(model) -> nn.Linear:
     """The scalar head(s): a Linear (H -> K)."""
-    base = _unwrap(model)
+    base = unwrap(model)
     for name in ("score", "classifier"):
         head = getattr(base, name, None)
         if head is not None:
@@ -128,11 +129,6 @@ def reward_pad_id(tokenizer, end_ids: set[int]) -> int | None:
     return None
 
 
-def _unwrap(model):
-    """The transformers model inside a PEFT wrapper, if any."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 class RewardScores(nn.Module):
     """Rewards of sequences, read at one position each.
 
@@ -147,10 +143,10 @@ class RewardScores(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        use_packed_attention(_unwrap(model))
+        use_packed_attention(unwrap(model))
 
     def forward(self, input_ids, score_index, position_ids=None, cu_seqlens=None, **_ignored):
-        base = _unwrap(self.model)
+        base = unwrap(self.model)
         packed = (
             packed_forward_kwargs(base, input_ids, cu_seqlens) if cu_seqlens is not None else {}
         )
@@ -171,10 +167,10 @@ class TokenValues(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        use_packed_attention(_unwrap(model))
+        use_packed_attention(unwrap(model))
 
     def forward(self, input_ids, position_ids=None, **_ignored):
-        base = _unwrap(self.model)
+        base = unwrap(self.model)
         hidden = base.base_model(
             input_ids=input_ids, position_ids=position_ids, use_cache=False
         ).last_hidden_state

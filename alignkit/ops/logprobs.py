@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alignkit.models.lora import unwrap
 from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
 
 IGNORE_INDEX = -100
@@ -147,7 +148,7 @@ class CausalLMLogps(nn.Module):
     @property
     def causal_lm(self) -> nn.Module:
         """The transformers model (inside a PEFT wrapper, if any)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return unwrap(self.model)
 
     def forward(
         self, input_ids, labels, attention_mask=None, position_ids=None, cu_seqlens=None, **_ignored

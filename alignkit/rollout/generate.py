@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alignkit.data.loading import chunks, iter_checked
 from alignkit.data.records import Kind
-from alignkit.data.templating import ChatEncoder
+from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.errors import DataError
 from alignkit.fsutil import atomic_jsonl
 from alignkit.rollout.sampling import SamplingSettings, sample
@@ -40,10 +40,7 @@ def generate_file(
     (0..K-1) and `finished` (False: cut at max_new_tokens). `prompts` may be any record
     with a `prompt` field. `out` appears only when complete."""
     encoder = ChatEncoder(tokenizer, max_prompt_length=max_prompt_length)
-    eos_ids = encoder.end_of_turn_ids | {tokenizer.eos_token_id}
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    eos_ids, pad_id = encoder.stop_token_ids, pad_token_id(tokenizer)
     result = GenerateResult()
     bar = None
     if progress:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.data.collators import PaddingCollator
-from alignkit.data.templating import ChatEncoder
+from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.rollout.sampling import SamplingSettings
 
 
@@ -30,9 +30,7 @@ def generate_replies(
     """Reply to each conversation (a list of `{role, content}` ending with a user turn)."""
     encoder = ChatEncoder(tokenizer)
     prompts = [{"input_ids": encoder.encode_prompt(conversation)} for conversation in conversations]
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_token_id(tokenizer)
     batch = PaddingCollator(pad_id, padding_side="left")(prompts)
     device = next(model.parameters()).device
     sampling = settings.temperature > 0

@@ -167,6 +167,19 @@ def load_checkpoint(
     return TrainerState(**json.loads((path / "trainer_state.json").read_text()))
 
 
+def resume_checkpoint(
+    path: Path, model, optimizer, scheduler, fingerprint: dict, rank: int = 0
+) -> TrainerState:
+    """`load_checkpoint`, refusing a checkpoint trained on other data or settings."""
+    state = load_checkpoint(path, model, optimizer, scheduler, rank)
+    if state.data_fingerprint != fingerprint:
+        raise AlignkitError(
+            f"cannot resume from {path}: it was trained with {state.data_fingerprint}, this run has "
+            f"{fingerprint}; use the same data, batch_size and seed, or a new output_dir"
+        )
+    return state
+
+
 def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
     for old in list_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

@@ -36,12 +36,13 @@ from alignkit.config import save_config, to_dict
 from alignkit.errors import AlignkitError
 from alignkit.fsutil import atomic_directory
 from alignkit.models.device import bf16_supported, select_device
+from alignkit.models.lora import enable_gradient_checkpointing
 from alignkit.train.checkpoint import (
     TrainerState,
     capture_rng,
-    load_checkpoint,
     prune_checkpoints,
     resolve_resume,
+    resume_checkpoint,
     save_checkpoint,
 )
 from alignkit.train.distributed import DistEnv
@@ -134,8 +135,7 @@ def train(
     forward_module = forward_module if forward_module is not None else model
     forward_module.to(device)
     if config.gradient_checkpointing:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     runner = forward_module
     if dist.enabled:
         runner = torch.nn.parallel.DistributedDataParallel(
@@ -152,12 +152,7 @@ def train(
     state = TrainerState(data_fingerprint=fingerprint)
     checkpoint = resolve_resume(config.resume, output_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, dist.rank)
-        if state.data_fingerprint != fingerprint:
-            raise AlignkitError(
-                f"cannot resume from {checkpoint}: it was trained with {state.data_fingerprint}, this run has "
-                f"{fingerprint}; use the same data, batch_size and seed, or a new output_dir"
-            )
+        state = resume_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint, dist.rank)
     else:
         torch.manual_seed(config.seed)
     if dist.is_main:

@@ -43,7 +43,7 @@ class MetricsSink:
         )
         self.bar = None
         if enabled:
-            _truncate_after(self.path, start_step)
+            truncate_after(self.path, start_step)
             if sys.stderr.isatty():
                 from tqdm.auto import tqdm
 
@@ -114,8 +114,9 @@ def _format(record: dict) -> str:
     return "  ".join(parts)
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint (they will be logged again)."""
+def truncate_after(path: Path, step: int) -> None:
+    """On resume, drop JSONL lines (each with a "step") written after the checkpoint's
+    step: they will be written again."""
     if not path.exists():
         return
     kept = [

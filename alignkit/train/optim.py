@@ -13,16 +13,28 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     Fused kernels on CPU and CUDA: on a 2-core CPU the fused step of a 135M model took
     86 ms and no extra memory, the foreach path 604 ms and +515 MiB of temporaries.
     """
+    return torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=tuple(config.adam_betas),
+        fused=True,
+    )
+
+
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float | None = None
+) -> list[dict]:
+    """AdamW groups of `model`'s trainable parameters: matrices decay, 1-D ones (biases,
+    norm weights) do not; `lr` sets a group learning rate (e.g. a critic's own)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    extra = {} if lr is None else {"lr": lr}
+    groups = [{"params": decay, "weight_decay": weight_decay, **extra}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(
-        groups, lr=config.learning_rate, betas=tuple(config.adam_betas), fused=True
-    )
+        groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
+    return groups
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
