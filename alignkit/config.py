@@ -36,6 +36,16 @@ def setting(default: Any, help: str, choices: tuple | None = None, **kwargs):
     return field(default=default, metadata=metadata, **kwargs)
 
 
+def micro_batch_tokens_setting():
+    """The token cap on forward passes, for methods whose loss is a sum over examples
+    (SFT, DPO family, reward models); KTO and RL couple the examples of a pass."""
+    return setting(
+        None,
+        "also cap each forward pass at this many tokens (whole examples; bounds activation "
+        "memory with long-tailed lengths; the gradient is unchanged); null: no cap",
+    )
+
+
 @dataclass
 class TrainConfig:
     """Keys every training command shares (DESIGN "Common config keys")."""
@@ -114,13 +124,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         def positive(name):
-            value = getattr(self, name)
+            value = getattr(self, name, None)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
 
         for name in (
             "batch_size",
             "micro_batch_size",
+            "micro_batch_tokens",
             "max_steps",
             "max_length",
             "save_every",
@@ -158,6 +169,7 @@ class SFTConfig(TrainConfig):
     )
     learning_rate: float = setting(2e-5, "peak learning rate (AdamW)")
     packing: bool = setting(False, "padding-free packing: concatenate the micro-batch into one row")
+    micro_batch_tokens: int | None = micro_batch_tokens_setting()
 
 
 @dataclass
@@ -184,6 +196,7 @@ class DPOConfig(TrainConfig):
     packing: bool = setting(
         True, "pack each micro-batch's chosen and rejected sequences into one padding-free row"
     )
+    micro_batch_tokens: int | None = micro_batch_tokens_setting()
 
     def validate(self) -> None:
         super().validate()
@@ -233,6 +246,7 @@ class RewardConfig(TrainConfig):
     )
     norm_samples: int = setting(1000, "use at most this many records of norm_data")
     packing: bool = setting(True, "pack each micro-batch into one padding-free row")
+    micro_batch_tokens: int | None = micro_batch_tokens_setting()
 
     def validate(self) -> None:
         super().validate()

@@ -77,7 +77,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start:end] = (grad_logits.to(h.dtype) @ w).to(hidden.dtype)
             if grad_weight is not None:
-                grad_weight += grad_logits.T.to(h.dtype).matmul(h).to(acc)
+                if h.dtype == acc:  # in place: no (V, H) temporary per chunk
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:
+                    grad_weight += grad_logits.T.to(h.dtype).matmul(h).to(acc)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None

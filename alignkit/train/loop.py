@@ -47,7 +47,7 @@ from alignkit.train.checkpoint import (
 )
 from alignkit.train.distributed import DistEnv
 from alignkit.train.metrics import MetricsSink
-from alignkit.train.optim import build_optimizer, build_scheduler
+from alignkit.train.optim import allocate_state, build_optimizer, build_scheduler
 
 log = logging.getLogger("alignkit.train")
 
@@ -90,6 +90,44 @@ def step_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return [_epoch_permutation(n, seed, pos // n)[pos % n] for pos in positions]
 
 
+def example_tokens(example) -> int:
+    """Tokens an encoded example puts through the forward pass: the lengths of every
+    `input_ids` it holds (one sequence, a pair, a list of responses)."""
+    if isinstance(example, dict):
+        if "input_ids" in example:
+            return len(example["input_ids"])
+        return sum(example_tokens(value) for value in example.values())
+    if isinstance(example, list | tuple):
+        return sum(example_tokens(value) for value in example)
+    return 0
+
+
+def split_micro_batches(
+    items: Sequence, micro: int, max_tokens: int | None = None, size_fn=example_tokens
+) -> list[list]:
+    """Consecutive groups of at most `micro` items and, when `max_tokens` is set, at most
+    `max_tokens` tokens (an item longer than that forms a group alone).
+
+    Why a token cap: with long-tailed lengths a fixed number of examples per forward pass
+    sets peak activation memory by the longest examples that happen to meet; capping
+    tokens bounds it whatever the lengths. The loss is unchanged: the loop normalises by
+    the units of the whole optimizer step, however it is split.
+    """
+    groups: list[list] = []
+    current: list = []
+    tokens = 0
+    for item in items:
+        size = size_fn(item) if max_tokens is not None else 0
+        if current and (len(current) == micro or (max_tokens and tokens + size > max_tokens)):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(item)
+        tokens += size
+    if current:
+        groups.append(current)
+    return groups
+
+
 def total_steps(config, n_examples: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -115,7 +153,8 @@ def train(
     `forward_module` (default `model`) is what `step_fn` calls, wrapped in DDP under
     torchrun. `finalize(model, tokenizer, final_dir) -> metrics | None`, when given,
     writes `final/` instead of `save_final` (on the main process); the metrics it
-    returns are logged at the last step.
+    returns are logged at the last step. `config.micro_batch_tokens`, where the method's
+    config has it, caps the tokens of each forward pass (`split_micro_batches`).
     """
     output_dir = Path(config.output_dir)
     device = select_device(config.device)
@@ -131,6 +170,10 @@ def train(
         raise AlignkitError(
             "no training examples left after encoding; see the truncation report above"
         )
+    # Only configs of methods whose loss is a sum over examples have the key (not KTO,
+    # whose KL estimate is taken over the examples of one forward pass).
+    max_tokens = getattr(config, "micro_batch_tokens", None)
+    split = functools.partial(split_micro_batches, micro=micro, max_tokens=max_tokens)
     steps = total_steps(config, len(examples))
     forward_module = forward_module if forward_module is not None else model
     forward_module.to(device)
@@ -155,6 +198,7 @@ def train(
         state = resume_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint, dist.rank)
     else:
         torch.manual_seed(config.seed)
+    allocate_state(optimizer)
     if dist.is_main:
         save_config(config, output_dir / "config.yaml")
         if checkpoint is not None:
@@ -176,10 +220,7 @@ def train(
             indices = step_indices(state.step, config.batch_size, len(examples), config.seed)[
                 dist.rank :: dist.world_size
             ]
-            batches = [
-                collate_fn([examples[i] for i in indices[j : j + micro]])
-                for j in range(0, len(indices), micro)
-            ]
+            batches = [collate_fn(group) for group in split([examples[i] for i in indices])]
             # Counted on the host-side batches, before transfer: no device sync per micro-batch.
             micro_units = [float(units_fn(b)) for b in batches]
             state.tokens_seen += sum(count_tokens(b) for b in batches) * dist.world_size
@@ -217,7 +258,7 @@ def train(
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)  # kept allocated: see allocate_state
             state.step += 1
             window.add(global_loss_sum, units, metric_sums, tokens=state.tokens_seen)
 
@@ -243,7 +284,7 @@ def train(
                         eval_examples,
                         collate_fn,
                         step_fn,
-                        micro,
+                        split,
                         device,
                         autocast,
                         units_fn,
@@ -258,7 +299,7 @@ def train(
                 sink.message(f"saved {last_good}")
         if eval_examples:
             final_eval = evaluate(
-                runner, eval_examples, collate_fn, step_fn, micro, device, autocast, units_fn, dist
+                runner, eval_examples, collate_fn, step_fn, split, device, autocast, units_fn, dist
             )
             last_metrics = {**last_metrics, **final_eval}
             sink.step(state.step, final_eval, advance=False)
@@ -320,15 +361,16 @@ class _Window:
 
 @torch.no_grad()
 def evaluate(
-    runner, examples, collate_fn, step_fn, micro, device, autocast, units_fn, dist
+    runner, examples, collate_fn, step_fn, split, device, autocast, units_fn, dist
 ) -> dict[str, float]:
-    """Loss (and step_fn metrics) over `examples`, each process taking its shard."""
+    """Loss (and step_fn metrics) over `examples`, each process taking its shard, in the
+    forward passes `split(examples) -> groups` forms."""
     runner.eval()
     shard = list(examples)[dist.rank :: dist.world_size]
     totals = torch.zeros(2, device=device)  # loss_sum, units
     metric_sums: dict[str, torch.Tensor] = {}
-    for start in range(0, len(shard), micro):
-        batch = collate_fn(shard[start : start + micro])
+    for group in split(shard):
+        batch = collate_fn(group)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast():
             loss_sum, metrics = step_fn(runner, batch)

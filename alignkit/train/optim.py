@@ -21,6 +21,32 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     )
 
 
+def allocate_state(optimizer: torch.optim.AdamW) -> None:
+    """Create every gradient and AdamW moment now, before the first activation exists.
+
+    Why: created lazily, the first step's gradients and moments are allocated in the
+    middle of that step's activations. On CPU glibc's heap cannot hand back memory that
+    lies below a live block, so every freed activation between them stays resident: in a
+    DPO step of the 135M model the heap held 2 GB of free memory next to 1.5 GB in use.
+    Allocated first, this state sits together below all activations, and the loop keeps
+    gradients allocated between steps (zeroed, not freed). The values are exactly what
+    AdamW would create on its first step (zero moments, step 0), so results are unchanged.
+    A resumed optimizer already has its state and is left as it is.
+    """
+    for group in optimizer.param_groups:
+        if group.get("amsgrad"):
+            raise ValueError("allocate_state does not handle amsgrad")
+        for param in group["params"]:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            state = optimizer.state[param]
+            if not state:
+                # Fused AdamW keeps its step count as a float32 tensor on the parameter's device.
+                state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
 def parameter_groups(
     model: torch.nn.Module, weight_decay: float, lr: float | None = None
 ) -> list[dict]:

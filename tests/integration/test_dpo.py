@@ -59,6 +59,57 @@ def test_packed_and_padded_pairs_train_identically(tiny_model_dir, preference_fi
         assert packed.last_metrics[key] == pytest.approx(padded.last_metrics[key], abs=1e-5)
 
 
+def test_token_capped_forward_passes_train_like_one_forward(
+    tiny_model_dir, preference_files, tmp_path
+):
+    """micro_batch_tokens splits each micro-batch of 8 pairs into several packed rows
+    (pairs here are ~50 tokens: a 60-token cap puts one pair in most rows); the loss is
+    normalised over the whole step, so training is the same as one forward of 8 pairs."""
+    from alignkit.data import load_records
+    from alignkit.data.templating import ChatEncoder
+    from alignkit.models import load_tokenizer
+    from alignkit.train.loop import split_micro_batches
+    from tests.integration.test_train_sft import assert_same_weights, final_weights
+
+    encoder = ChatEncoder(load_tokenizer(tiny_model_dir))
+    pairs = [encoder.encode_pair(r) for r in load_records(preference_files[0]).records[:8]]
+    examples = [
+        {"chosen": p.chosen.sequence().features(), "rejected": p.rejected.sequence().features()}
+        for p in pairs
+    ]
+    assert len(split_micro_batches(examples, 8, max_tokens=60)) >= 6
+
+    one = run_dpo(
+        dpo_config(
+            tiny_model_dir, preference_files, tmp_path / "one", max_steps=2, learning_rate=1e-4
+        )
+    )
+    capped = run_dpo(
+        dpo_config(
+            tiny_model_dir,
+            preference_files,
+            tmp_path / "capped",
+            max_steps=2,
+            learning_rate=1e-4,
+            micro_batch_tokens=60,
+        )
+    )
+    for key in ("loss", "rewards/margins", "eval/rewards/accuracies"):
+        assert capped.last_metrics[key] == pytest.approx(one.last_metrics[key], abs=1e-5)
+    assert_same_weights(
+        final_weights(tmp_path / "one"), final_weights(tmp_path / "capped"), atol=1e-5
+    )
+
+
+def test_kto_has_no_token_cap():
+    """KTO's KL estimate is taken over the examples of one forward pass, so a token cap
+    would change the loss: it is refused, not silently applied."""
+    from alignkit.config import ConfigError, KTOConfig
+
+    with pytest.raises(ConfigError, match="micro_batch_tokens"):
+        load_config(KTOConfig, None, ["micro_batch_tokens=256"])
+
+
 def test_reference_logps_are_computed_once_and_reused_on_resume(
     tiny_model_dir, preference_files, tmp_path, monkeypatch
 ):

@@ -1,5 +1,6 @@
 """Schedule, data order and the chunked log-prob op against worked examples."""
 
+import copy
 import math
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from torch.testing import assert_close
 
 from alignkit.ops.logprobs import naive_token_logps, token_logps
-from alignkit.train.loop import step_indices, total_steps
-from alignkit.train.optim import lr_multiplier
+from alignkit.train.loop import example_tokens, split_micro_batches, step_indices, total_steps
+from alignkit.train.optim import allocate_state, build_optimizer, lr_multiplier
 
 
 def test_warmup_then_cosine_linear_constant():
@@ -160,3 +161,61 @@ def test_chunked_logps_peak_memory_is_a_small_fraction_of_naive():
     naive, chunked = peak_mib("naive"), peak_mib("chunked")
     assert naive > 1000, naive  # logits alone are 512 MiB
     assert chunked < 0.25 * naive, f"chunked {chunked} MiB vs naive {naive} MiB"
+
+
+def test_example_tokens_counts_every_sequence_an_example_holds():
+    sft = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}
+    pair = {"chosen": {"input_ids": [1] * 5}, "rejected": {"input_ids": [1] * 2}, "index": 7}
+    ranking = {"sequences": [{"input_ids": [1] * 4}, {"input_ids": [1] * 6}], "pairs": [(0, 1)]}
+    assert [example_tokens(e) for e in (sft, pair, ranking)] == [3, 7, 10]
+
+
+def test_split_micro_batches_by_count_and_by_tokens():
+    sizes = [3, 4, 2, 9, 1, 1, 5]
+    items = list(range(len(sizes)))
+    by_size = sizes.__getitem__
+    # count only: groups of 3
+    assert split_micro_batches(items, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    # at most 3 items and at most 8 tokens; item 3 (9 tokens) is over the cap and goes alone
+    assert split_micro_batches(items, 3, max_tokens=8, size_fn=by_size) == [
+        [0, 1],  # 3 + 4 = 7; adding 2 would make 9
+        [2],  # 2 + 9 > 8
+        [3],  # 9 tokens alone
+        [4, 5, 6],  # 1 + 1 + 5 = 7
+    ]
+    assert split_micro_batches([], 4, max_tokens=8, size_fn=by_size) == []
+
+
+class _Config:
+    learning_rate = 1e-2
+    weight_decay = 0.1
+    adam_betas = (0.9, 0.999)
+
+
+def test_allocated_adamw_state_steps_exactly_like_lazily_created_state():
+    """allocate_state creates what AdamW's first step would (zero moments, step 0) and
+    keeps gradients allocated; three steps then give bit-identical weights."""
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)
+    )
+    inputs = [torch.randn(5, 8) for _ in range(3)]
+    results = []
+    for eager in (False, True):
+        model = copy.deepcopy(start)
+        optimizer = build_optimizer(model, _Config)
+        if eager:
+            allocate_state(optimizer)
+            assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+            grads = [p.grad for p in model.parameters()]
+        for x in inputs:
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=not eager)
+        if eager:  # the same gradient buffers, zeroed, not replaced
+            assert all(a is p.grad for a, p in zip(grads, model.parameters(), strict=True))
+        results.append([p.detach().clone() for p in model.parameters()])
+        steps = {float(optimizer.state[p]["step"]) for p in model.parameters()}
+        assert steps == {3.0}
+    for lazy, eager in zip(*results, strict=True):
+        assert torch.equal(lazy, eager)
