@@ -2,10 +2,13 @@
 
 SmolLM2-135M-Instruct, full fine-tuning, float32; the same conversational pairs with
 long-tailed lengths (prompts 5-120 words, responses up to 300), in the same order; same
-batch, micro-batch, steps, learning rate, beta and max_length; sigmoid DPO loss. Both
-settings of gradient checkpointing are compared like with like (TRL's DPOConfig turns it
-on by default). alignkit's time includes computing the reference log-probs (TRL computes
-them every step). Reported: wall time, peak memory, and the share of the machine's
+batch, micro-batch, steps, learning rate, beta and max_length; sigmoid DPO loss.
+Gradient checkpointing is on for both by default (TRL's DPOConfig default; `--only off`
+compares without). alignkit additionally caps each packed forward pass at
+`--micro-batch-tokens` tokens (whole pairs; the gradient is the same, only the peak
+activation memory changes). Each side's measurement covers loading its model, and
+alignkit's includes computing the reference log-probs (TRL builds a reference copy and
+runs it every step). Reported: wall time, peak memory, and the share of the machine's
 measured float32 matmul FLOP/s that the work represents: 6 FLOP per parameter per trained
 token (policy forward + backward) + 2 per reference token, counted on real (non-pad)
 tokens for both, so padding shows up as lower utilisation.
@@ -50,6 +53,9 @@ def real_tokens(model_dir, data_path, args) -> int:
 
 
 def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool) -> dict:
+    cap = (
+        [] if args.micro_batch_tokens is None else [f"micro_batch_tokens={args.micro_batch_tokens}"]
+    )
     config = load_config(
         DPOConfig,
         None,
@@ -68,6 +74,7 @@ def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool)
             "loss=dpo",
             f"beta={args.beta}",
             f"gradient_checkpointing={str(checkpointing).lower()}",
+            *cap,
         ],
     )
     result = {}
@@ -89,7 +96,6 @@ def run_trl(model_dir, records, args, workdir: Path, checkpointing: bool) -> dic
             return SequentialSampler(self.train_dataset)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trl_config = TRLConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps,
@@ -111,7 +117,10 @@ def run_trl(model_dir, records, args, workdir: Path, checkpointing: bool) -> dic
     )
     ordered = [records[i] for i in training_order(len(records), args)]
     result = {}
-    with measure(result):  # TRL builds its reference copy inside the trainer: timed too
+    # Loading the policy is inside the measurement, as it is for alignkit (whose run_dpo
+    # loads its own); TRL builds its reference copy inside the trainer.
+    with measure(result):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         trainer = InOrderDPOTrainer(
             model=model,
             args=trl_config,
@@ -129,13 +138,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--micro-batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--micro-batch-tokens",
+        type=lambda v: None if v == "none" else int(v),
+        default=512,
+        help="alignkit's cap on tokens per forward pass ('none': no cap)",
+    )
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument(
-        "--only", choices=["off", "on"], help="run one gradient-checkpointing setting only"
+        "--only",
+        choices=["off", "on", "both"],
+        default="on",
+        help="gradient checkpointing setting(s) to compare (TRL's padded batch of 16 pairs "
+        "does not fit in memory with it off)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_vs_trl.json"))
     args = parser.parse_args()
@@ -143,7 +162,7 @@ def main() -> None:
 
     model_dir = resolve_model_path(DEFAULT_MODEL)
     parameters = sum(p.numel() for p in load_model(model_dir).parameters())
-    machine = matmul_flops_per_s()
+    machine_before = matmul_flops_per_s()
     records = preference_records(args.steps * args.batch_size)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +174,7 @@ def main() -> None:
         tokens = real_tokens(model_dir, data_path, args)
         for checkpointing in (False, True):
             setting = "on" if checkpointing else "off"
-            if args.only and args.only != setting:
+            if args.only != "both" and args.only != setting:
                 continue
             results[f"TRL DPOTrainer, checkpointing {setting}"] = run_trl(
                 model_dir, records, args, workdir, checkpointing
@@ -167,12 +186,18 @@ def main() -> None:
     import transformers
     import trl
 
+    # The shared machine's matmul rate drifts; the higher of the two readings is used, so
+    # the utilisation reported is the lower one.
+    machine_after = matmul_flops_per_s()
+    machine = max(machine_before, machine_after)
+
     work = 8 * parameters * tokens  # 6 policy + 2 reference FLOP per parameter per real token
     print(
         f"DPO, SmolLM2-135M full fine-tuning, {args.steps} steps x {args.batch_size} pairs "
         f"(micro {args.micro_batch_size}), {tokens} real tokens, device "
         f"{'cuda' if torch.cuda.is_available() else 'cpu'} ({torch.get_num_threads()} threads), "
-        f"matmul {machine / 1e9:.0f} GFLOP/s; torch {torch.__version__}, transformers "
+        f"matmul {machine_before / 1e9:.0f} / {machine_after / 1e9:.0f} GFLOP/s before / after; "
+        f"alignkit micro_batch_tokens={args.micro_batch_tokens}; torch {torch.__version__}, transformers "
         f"{transformers.__version__}, trl {trl.__version__}"
     )
     print(
@@ -198,6 +223,7 @@ def main() -> None:
                 "settings": {k: str(v) for k, v in vars(args).items()},
                 "tokens": tokens,
                 "matmul_flops_per_s": machine,
+                "matmul_flops_per_s_before_after": [machine_before, machine_after],
                 "results": results,
             },
             indent=2,
