@@ -116,3 +116,40 @@ def matmul_flops_per_s(size: int = 1024, repeats: int = 10) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def trl_training_args(args, workdir: Path, checkpointing: bool) -> dict:
+    """The TRL config settings both TRL benchmarks share, matched to alignkit's run:
+    same steps, batch, micro-batch, learning rate (constant), max_length; float32, one
+    process, no saving, no logging or progress bars in the timed part."""
+    return {
+        "output_dir": str(workdir / "trl"),
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.micro_batch_size,
+        "gradient_accumulation_steps": args.batch_size // args.micro_batch_size,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "constant",
+        "max_length": args.max_length,
+        "save_strategy": "no",
+        "report_to": [],
+        "logging_steps": 1000,
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+        "gradient_checkpointing": checkpointing,
+        "bf16": False,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+
+
+def in_order(trainer_class):
+    """`trainer_class` with a sequential sampler, so TRL sees the examples in the order
+    it is given (alignkit's order): with long-tailed lengths peak memory depends on which
+    examples meet in a micro-batch."""
+    from torch.utils.data import SequentialSampler
+
+    class InOrder(trainer_class):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    return InOrder

@@ -29,7 +29,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import matmul_flops_per_s, measure, preference_records, release_memory, write_jsonl  # noqa: E402
+from common import (  # noqa: E402
+    in_order,
+    matmul_flops_per_s,
+    measure,
+    preference_records,
+    release_memory,
+    trl_training_args,
+    write_jsonl,
+)
 
 from alignkit.config import DPOConfig, load_config  # noqa: E402
 from alignkit.data import load_records  # noqa: E402
@@ -86,42 +94,19 @@ def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool)
 
 def run_trl(model_dir, records, args, workdir: Path, checkpointing: bool) -> dict:
     from datasets import Dataset
-    from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer
 
-    class InOrderDPOTrainer(DPOTrainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trl_config = TRLConfig(
-        output_dir=str(workdir / "trl"),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        max_length=args.max_length,
-        beta=args.beta,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=1000,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-        gradient_checkpointing=checkpointing,
-    )
+    trl_config = TRLConfig(**trl_training_args(args, workdir, checkpointing), beta=args.beta)
     ordered = [records[i] for i in training_order(len(records), args)]
     result = {}
     # Loading the policy is inside the measurement, as it is for alignkit (whose run_dpo
     # loads its own); TRL builds its reference copy inside the trainer.
     with measure(result):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        trainer = InOrderDPOTrainer(
+        trainer = in_order(DPOTrainer)(
             model=model,
             args=trl_config,
             train_dataset=Dataset.from_list(ordered),

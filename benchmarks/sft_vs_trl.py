@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure, release_memory, sft_records, write_jsonl  # noqa: E402
+from common import (  # noqa: E402
+    in_order,
+    measure,
+    release_memory,
+    sft_records,
+    trl_training_args,
+    write_jsonl,
+)
 
 from alignkit.config import SFTConfig, load_config  # noqa: E402
 from alignkit.data.templating import ChatEncoder  # noqa: E402
@@ -91,38 +98,17 @@ def run_alignkit(
 
 def run_trl(model_dir, records, args, workdir: Path, tokens: int, checkpointing: bool) -> dict:
     from datasets import Dataset
-    from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
-    class InOrderSFTTrainer(SFTTrainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trl_config = TRLConfig(
-        output_dir=str(workdir / "trl"),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        max_length=args.max_length,
-        completion_only_loss=True,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=1000,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        gradient_checkpointing=checkpointing,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
+        **trl_training_args(args, workdir, checkpointing), completion_only_loss=True
     )
     ordered = [records[i] for i in training_order(len(records), args)]
-    trainer = InOrderSFTTrainer(
+    trainer = in_order(SFTTrainer)(
         model=model,
         args=trl_config,
         train_dataset=Dataset.from_list(ordered),
