@@ -31,7 +31,11 @@ def allocate_state(optimizer: torch.optim.AdamW) -> None:
     Allocated first, this state sits together below all activations, and the loop keeps
     gradients allocated between steps (zeroed, not freed). The values are exactly what
     AdamW would create on its first step (zero moments, step 0), so results are unchanged.
-    A resumed optimizer already has its state and is left as it is.
+    A resumed optimizer already has its state and is left as it is. One difference from
+    freeing gradients: a parameter that gets no gradient in a step sees a zero one, so
+    AdamW still decays its moments and applies weight decay (plain PyTorch's
+    `zero_grad(set_to_none=False)` behaviour); every trainable parameter of the models
+    alignkit trains gets a gradient every step.
     """
     for group in optimizer.param_groups:
         if group.get("amsgrad"):
