@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,27 @@ def chunks(items, size: int):
             chunk = []
     if chunk:
         yield chunk
+
+
+@contextmanager
+def record_progress(
+    data: str | Path, enabled: bool, *, unit: str, desc: str
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the records of `data` for a command that streams it; yields
+    `advance(n)`. The total is known for a JSONL file (one cheap pass over its lines,
+    constant memory); `enabled=False` yields a no-op."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm.auto import tqdm
+
+    total = None
+    path = Path(data)
+    if path.is_file() and path.suffix == ".jsonl":
+        with open(path, "rb") as lines:
+            total = sum(1 for line in lines if line.strip())
+    bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)
+    try:
+        yield bar.update
+    finally:
+        bar.close()

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data.loading import RecordProblem, chunks, iter_checked, write_rejects
+from alignkit.data.loading import (
+    RecordProblem,
+    chunks,
+    iter_checked,
+    record_progress,
+    write_rejects,
+)
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
@@ -167,23 +173,20 @@ def score_file(
     out = Path(out)
     window = window or judge.batch_size * 8
     result = ScoreFileResult()
-    bar = _progress_bar(data, progress)
-    try:
-        with atomic_jsonl(out) as write:
-            for chunk in chunks(_valid_records(data, skip_invalid, result), window):
-                scored = judge.score_records(chunk)
-                for k, record in enumerate(chunk):
-                    extra = {"score": scored.scores[k]}
-                    if scored.stds is not None:
-                        extra["score_std"] = scored.stds[k]
-                    result.too_long += scored.scores[k] is None
-                    write({**record, **extra})
-                result.written += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    with (
+        record_progress(data, progress, unit="rec", desc="scoring") as advance,
+        atomic_jsonl(out) as write,
+    ):
+        for chunk in chunks(_valid_records(data, skip_invalid, result), window):
+            scored = judge.score_records(chunk)
+            for k, record in enumerate(chunk):
+                extra = {"score": scored.scores[k]}
+                if scored.stds is not None:
+                    extra["score_std"] = scored.stds[k]
+                result.too_long += scored.scores[k] is None
+                write({**record, **extra})
+            result.written += len(chunk)
+            advance(len(chunk))
     if result.rejected:
         result.rejects_path = out.with_name(out.name + ".rejects.jsonl")
         write_rejects(result.rejects_path, result.rejected)
@@ -213,16 +216,3 @@ def _valid_records(data, skip_invalid: bool, result: ScoreFileResult) -> Iterato
                 f"{problem} (nothing written; pass --skip-invalid to set such records aside)",
                 [problem],
             )
-
-
-def _progress_bar(data, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    total = None
-    path = Path(data)
-    if path.is_file() and path.suffix == ".jsonl":
-        with open(path, "rb") as lines:  # one cheap pass, constant memory
-            total = sum(1 for line in lines if line.strip())
-    return tqdm(total=total, unit="rec", desc="scoring", dynamic_ncols=True)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from alignkit.data.loading import chunks, iter_checked
+from alignkit.data.loading import chunks, iter_checked, record_progress
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.errors import DataError
@@ -42,45 +42,36 @@ def generate_file(
     encoder = ChatEncoder(tokenizer, max_prompt_length=max_prompt_length)
     eos_ids, pad_id = encoder.stop_token_ids, pad_token_id(tokenizer)
     result = GenerateResult()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(unit="prompt", desc="generating", dynamic_ncols=True)
-    try:
-        with atomic_jsonl(out) as write:
-            for chunk in chunks(_valid_prompts(data), max(1, batch_size // num_samples)):
-                ids = [encoder.encode_prompt(r["prompt"]) for r in chunk]
-                rows = [i for i in ids for _ in range(num_samples)]
-                step_settings = settings
-                if settings.seed is not None:  # a different, reproducible seed per batch
-                    step_settings = replace(settings, seed=settings.seed + result.prompts)
-                rollout = sample(
-                    model, rows, step_settings, eos_ids=eos_ids, pad_id=pad_id, tokenizer=tokenizer
+    with (
+        record_progress(data, progress, unit="prompt", desc="generating") as advance,
+        atomic_jsonl(out) as write,
+    ):
+        for chunk in chunks(_valid_prompts(data), max(1, batch_size // num_samples)):
+            ids = [encoder.encode_prompt(r["prompt"]) for r in chunk]
+            rows = [i for i in ids for _ in range(num_samples)]
+            step_settings = settings
+            if settings.seed is not None:  # a different, reproducible seed per batch
+                step_settings = replace(settings, seed=settings.seed + result.prompts)
+            rollout = sample(
+                model, rows, step_settings, eos_ids=eos_ids, pad_id=pad_id, tokenizer=tokenizer
+            )
+            texts = rollout.texts(tokenizer)
+            for row, record in enumerate(r for r in chunk for _ in range(num_samples)):
+                text = texts[row].strip()
+                chat = isinstance(record["prompt"], list)
+                finished = bool(rollout.finished[row])
+                result.finished += finished
+                write(
+                    {
+                        **record,
+                        "completion": [{"role": "assistant", "content": text}] if chat else text,
+                        "sample": row % num_samples,
+                        "finished": finished,
+                    }
                 )
-                texts = rollout.texts(tokenizer)
-                for row, record in enumerate(r for r in chunk for _ in range(num_samples)):
-                    text = texts[row].strip()
-                    chat = isinstance(record["prompt"], list)
-                    finished = bool(rollout.finished[row])
-                    result.finished += finished
-                    write(
-                        {
-                            **record,
-                            "completion": [{"role": "assistant", "content": text}]
-                            if chat
-                            else text,
-                            "sample": row % num_samples,
-                            "finished": finished,
-                        }
-                    )
-                    result.written += 1
-                result.prompts += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+                result.written += 1
+            result.prompts += len(chunk)
+            advance(len(chunk))
     return result
 
 
