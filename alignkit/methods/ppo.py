@@ -28,11 +28,13 @@ class PPO:
         self.ptx_cursor = 0
         self.ptx_logps = None
 
-    def prepare(self, run, batch, old, ref, values, kl) -> dict:
+    def prepare(self, run, batch, old, ref, values, kl, rewards) -> dict:
+        # GAE needs the reward per token (KL penalty at every token, score at the last),
+        # not the per-completion `rewards` that RLOO and GRPO use.
         config = self.config
         mask = batch.mask
-        rewards, non_score = token_rewards(batch.scores, kl, mask, run.kl_controller.value)
-        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
+        per_token, non_score = token_rewards(batch.scores, kl, mask, run.kl_controller.value)
+        advantages, returns = gae(per_token, values, mask, config.gamma, config.lam)
         if config.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         return {

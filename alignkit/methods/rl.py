@@ -151,10 +151,12 @@ class PolicyGradientRun:
     An algorithm implements:
       group: completions per prompt;
       uses_critic: bool;
-      prepare(run, batch, old_logps, ref_logps, values) -> dict of per-row tensors the
-        loss needs (advantages, returns...) plus metrics under "metrics";
-      loss(run, rows, prepared, which) -> (loss to minimise for these rows, already
-        scaled to its share of the minibatch; metrics dict).
+      prepare(run, batch, old_logps, ref_logps, values, kl, rewards) -> dict of per-row
+        tensors the loss needs (advantages, returns...) plus metrics under "metrics";
+        `kl` (N, T) is the per-token KL estimate (zero past the mask), `rewards` (N,)
+        each completion's score minus kl_coef x its summed KL;
+      loss(run, rows, prepared, which, minibatch_tokens) -> (loss to minimise for these
+        rows, already scaled to its share of the minibatch; metrics dict).
     """
 
     def __init__(self, config: RLConfig, algorithm):
@@ -382,17 +384,18 @@ class PolicyGradientRun:
         mask = batch.mask
         kl = kl_estimate(old, ref, self.config.kl_estimator) * mask
         kl_per_completion = kl.sum(-1)
-        prepared = self.algorithm.prepare(self, batch, old, ref, values, kl)
+        coef = self.kl_controller.value
+        rewards = batch.scores - coef * kl_per_completion  # the RLHF reward, per completion
+        prepared = self.algorithm.prepare(self, batch, old, ref, values, kl, rewards)
         metrics = self.optimise(batch, prepared, step)
         self.scheduler.step()
-        coef = self.kl_controller.value
         self.kl_controller.update(float(kl_per_completion.mean()), len(batch.scores))
         lengths = mask.sum(-1).float()
         metrics.update(
             {
                 "objective/scores": float(batch.raw_scores.mean()),
                 "objective/kl": float(kl_per_completion.mean()),
-                "objective/rlhf_reward": float((batch.scores - coef * kl_per_completion).mean()),
+                "objective/rlhf_reward": float(rewards.mean()),
                 "policy/entropy": float(masked_mean(-old, mask)),
                 "completions/mean_length": float(lengths.mean()),
                 "completions/eos_rate": float(batch.finished.float().mean()),

@@ -20,8 +20,7 @@ class RLOO:
         self.config = config
         self.group = config.num_generations
 
-    def prepare(self, run, batch, old, ref, values, kl) -> dict:
-        rewards = batch.scores - run.kl_controller.value * kl.sum(-1)
+    def prepare(self, run, batch, old, ref, values, kl, rewards) -> dict:
         advantages = rloo_advantages(rewards.view(-1, self.group)).reshape(-1)
         return {
             "old": old,
