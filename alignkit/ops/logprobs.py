@@ -8,7 +8,9 @@ extra matmul in the backward pass.
 
 `CausalLMLogps` wraps a Hugging Face causal LM so that its `forward` returns next-token
 log-probs through this path; data-parallel wrappers (DDP) wrap it, which keeps their
-gradient hooks in the forward they expect.
+gradient hooks in the forward they expect. In one process the training loop turns on its
+`fuse_grad_accumulation`: the vocabulary matrix's gradients (head and input embedding)
+are then added straight into `param.grad` (`alignkit.ops.grad_accumulation`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from alignkit.models.lora import unwrap
 from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
+from alignkit.ops.grad_accumulation import accumulation_target, fusable_embedding, fused_embedding
 
 IGNORE_INDEX = -100
 # Logits elements per chunk. On CPU 4M floats (16 MiB) stays under glibc's mmap threshold,
@@ -33,8 +36,9 @@ def default_chunk(vocab_size: int, device_type: str = "cpu") -> int:
 
 class _ChunkedTokenLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):
-        # hidden: (N, H); weight: (V, H); bias: (V,) or None; targets: (N,) int64 in [0, V)
+    def forward(ctx, hidden, weight, bias, targets, chunk, fuse):
+        # hidden: (N, H); weight: (V, H); bias: (V,) or None; targets: (N,) int64 in [0, V);
+        # fuse: add the weight's gradient into weight.grad in place when it can
         out_dtype = torch.promote_types(hidden.dtype, torch.float32)
         logps = torch.empty(hidden.shape[0], dtype=out_dtype, device=hidden.device)
         lse = torch.empty_like(logps)
@@ -45,7 +49,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             lse[start:end] = torch.logsumexp(logits, dim=-1)
             logps[start:end] = logits.gather(-1, targets[start:end, None])[:, 0] - lse[start:end]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.weight = chunk, (weight if fuse else None)
         return logps
 
     @staticmethod
@@ -54,11 +58,14 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         w = weight.to(hidden.dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         acc = lse.dtype  # float32, or float64 for float64 inputs
-        grad_weight = (
-            torch.zeros(weight.shape, dtype=acc, device=weight.device)
-            if ctx.needs_input_grad[1]
+        fused = (
+            accumulation_target(ctx.weight, acc)
+            if ctx.weight is not None and ctx.needs_input_grad[1]
             else None
         )
+        grad_weight = fused
+        if grad_weight is None and ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         grad_bias = (
             torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
             if bias is not None and ctx.needs_input_grad[2]
@@ -83,9 +90,12 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                     grad_weight += grad_logits.T.to(h.dtype).matmul(h).to(acc)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
-        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        if fused is not None:  # already in weight.grad
+            grad_weight = None
+        elif grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -101,11 +111,14 @@ def token_logps(
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     chunk: int | None = None,
+    fuse_grad_accumulation: bool = False,
 ) -> torch.Tensor:
     """Log-prob of each target under a linear output head, chunk by chunk.
 
     hidden: (..., H); weight: (V, H); bias: (V,) or None; targets: (...) ids in [0, V).
-    Returns (...) log-probs in float32 (float64 for float64 inputs). Gradients flow to `hidden`, `weight` and `bias`.
+    Returns (...) log-probs in float32 (float64 for float64 inputs). Gradients flow to
+    `hidden`, `weight` and `bias`; with `fuse_grad_accumulation` the weight's is added
+    into an allocated `weight.grad` in place (`alignkit.ops.grad_accumulation`).
     """
     shape = targets.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -116,6 +129,7 @@ def token_logps(
         bias,
         flat_targets,
         chunk or default_chunk(weight.shape[0], hidden.device.type),
+        fuse_grad_accumulation,
     )
     return out.reshape(shape)
 
@@ -137,12 +151,17 @@ class CausalLMLogps(nn.Module):
     (labels == IGNORE_INDEX). With a packed row pass `position_ids` and `cu_seqlens` and
     no attention mask; the model is switched to `alignkit_packed` attention
     (`alignkit.ops.attention`), which attends within each sequence only.
+
+    `fuse_grad_accumulation` (off by default; the single-process training loop turns it
+    on): the output head's and a plain input embedding's weight gradients go straight into
+    their allocated `.grad` (`alignkit.ops.grad_accumulation` says when that is safe).
     """
 
     def __init__(self, model: nn.Module, chunk: int | None = None, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.fuse_grad_accumulation = False
         # log-probs of softmax(logits / temperature): what a sampler at that temperature
         # drew from (RL ratios must compare the same distribution)
         self.temperature = temperature
@@ -160,7 +179,12 @@ class CausalLMLogps(nn.Module):
         inputs = {"attention_mask": attention_mask, "position_ids": position_ids}
         if cu_seqlens is not None:
             inputs.update(packed_forward_kwargs(lm, input_ids, cu_seqlens))
-        hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
+        embed = lm.get_input_embeddings()
+        if self.fuse_grad_accumulation and torch.is_grad_enabled() and fusable_embedding(embed):
+            inputs["inputs_embeds"] = fused_embedding(embed, input_ids)
+        else:
+            inputs["input_ids"] = input_ids
+        hidden = lm.get_decoder()(use_cache=False, **inputs).last_hidden_state
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         safe_targets = targets.masked_fill(~mask, 0)
@@ -171,7 +195,9 @@ class CausalLMLogps(nn.Module):
             bias = head.bias
             if scale is not None:  # (h W + b) / t == (h / t) W + b / t
                 inputs, bias = inputs * scale, (bias * scale if bias is not None else None)
-            logps = token_logps(inputs, head.weight, safe_targets, bias, self.chunk)
+            logps = token_logps(
+                inputs, head.weight, safe_targets, bias, self.chunk, self.fuse_grad_accumulation
+            )
         else:  # an adapted or unusual head: fall back to full logits
             logits = head(inputs)
             logps = naive_token_logps(logits * scale if scale is not None else logits, safe_targets)
@@ -265,3 +291,10 @@ def _chunked_logits_logps(
         for i in range(0, len(flat), step)
     ]
     return torch.cat(pieces).reshape(targets.shape)
+
+
+def set_grad_accumulation_fusion(module: nn.Module, enabled: bool) -> None:
+    """Turn `fuse_grad_accumulation` on or off in every `CausalLMLogps` inside `module`."""
+    for sub in module.modules():
+        if isinstance(sub, CausalLMLogps):
+            sub.fuse_grad_accumulation = enabled

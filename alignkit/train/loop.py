@@ -37,6 +37,7 @@ from alignkit.errors import AlignkitError
 from alignkit.fsutil import atomic_directory
 from alignkit.models.device import bf16_supported, select_device
 from alignkit.models.lora import enable_gradient_checkpointing
+from alignkit.ops.logprobs import set_grad_accumulation_fusion
 from alignkit.train.checkpoint import (
     TrainerState,
     capture_rng,
@@ -199,6 +200,9 @@ def train(
     else:
         torch.manual_seed(config.seed)
     allocate_state(optimizer)
+    # Vocabulary-matrix gradients straight into the allocated .grad (ops/grad_accumulation);
+    # not under DDP, whose reduction hooks need autograd to deliver every gradient.
+    set_grad_accumulation_fusion(forward_module, enabled=not dist.enabled)
     if dist.is_main:
         save_config(config, output_dir / "config.yaml")
         if checkpoint is not None:
