@@ -8,7 +8,13 @@ import torch
 from torch.testing import assert_close
 
 from alignkit.ops.logprobs import naive_token_logps, token_logps
-from alignkit.train.loop import example_tokens, split_micro_batches, step_indices, total_steps
+from alignkit.train.loop import (
+    example_tokens,
+    largest_first,
+    split_micro_batches,
+    step_indices,
+    total_steps,
+)
 from alignkit.train.optim import allocate_state, build_optimizer, lr_multiplier
 
 
@@ -184,6 +190,9 @@ def test_split_micro_batches_by_count_and_by_tokens():
         [4, 5, 6],  # 1 + 1 + 5 = 7
     ]
     assert split_micro_batches([], 4, max_tokens=8, size_fn=by_size) == []
+    # passes run largest first; equal sizes keep their order
+    groups = [[0, 1], [2], [3], [4, 5, 6]]  # 7, 2, 9, 7 tokens
+    assert largest_first(groups, size_fn=by_size) == [[3], [0, 1], [4, 5, 6], [2]]
 
 
 class _Config:
@@ -208,6 +217,15 @@ def test_allocated_adamw_state_steps_exactly_like_lazily_created_state():
             allocate_state(optimizer)
             assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
             grads = [p.grad for p in model.parameters()]
+            # gradients, first and second moments: each kind one buffer, views per parameter
+            for kind in (
+                grads,
+                *(
+                    [optimizer.state[p][k] for p in model.parameters()]
+                    for k in ("exp_avg", "exp_avg_sq")
+                ),
+            ):
+                assert len({t.untyped_storage().data_ptr() for t in kind}) == 1
         for x in inputs:
             model(x).square().mean().backward()
             optimizer.step()
