@@ -196,6 +196,11 @@ class DPOConfig(TrainConfig):
     packing: bool = setting(
         True, "pack each micro-batch's chosen and rejected sequences into one padding-free row"
     )
+    share_prompt: bool = setting(
+        True,
+        "with packing, run each pair's prompt once (the rejected response attends to it): "
+        "the same log-probs for fewer tokens",
+    )
     micro_batch_tokens: int | None = micro_batch_tokens_setting()
 
     def validate(self) -> None:

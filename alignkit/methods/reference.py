@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from alignkit.fsutil import alignkit_home
 from alignkit.models.device import select_device
 from alignkit.models.loading import load_model, resolve_model_path
-from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps, reduce_sequences
+from alignkit.ops.logprobs import CausalLMLogps, sequence_stats
 
 log = logging.getLogger("alignkit")
 
@@ -50,22 +50,22 @@ def cache_key(sequences: list[dict], reference: str) -> str:
 
 @torch.no_grad()
 def compute_sequence_stats(
-    model, sequences: list[dict], collate_fn, micro: int, device, *, disable_adapter=False
+    model, items: list, collate_fn, micro: int, device, *, disable_adapter=False
 ):
-    """(S, 2) float32: per sequence, the summed target log-prob and the target count."""
+    """(S, 2) float32: per sequence, the summed target log-prob and the target count.
+
+    `items` are what `collate_fn` batches, `micro` at a time: sequences, or groups of
+    sequences for a shared-prompt collator (S then counts their sequences, in order)."""
     module = CausalLMLogps(model).to(device)
     was_training = model.training
     model.eval()
     context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
     out = []
     with context:
-        for start in range(0, len(sequences), micro):
-            batch = {
-                k: v.to(device) for k, v in collate_fn(sequences[start : start + micro]).items()
-            }
-            logps, mask, cu = batch_token_logps(module, batch)
-            sums = reduce_sequences(logps, mask, cu, "sum")
-            counts = reduce_sequences(torch.ones_like(logps), mask, cu, "sum")
+        for start in range(0, len(items), micro):
+            batch = collate_fn(items[start : start + micro])
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            sums, counts = sequence_stats(module, batch)
             out.append(torch.stack([sums, counts], dim=-1).float().cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -94,22 +94,28 @@ def reference_stats(sequences, *, run_dir: Path, reference: str, compute) -> tor
     return stats
 
 
-def reference_table(model, sequences: list[dict], collate, config) -> torch.Tensor:
-    """(S, 2) reference [summed log-prob, target count] per sequence, cached or computed once."""
+def reference_table(
+    model, sequences: list[dict], collate, config, *, items: list | None = None
+) -> torch.Tensor:
+    """(S, 2) reference [summed log-prob, target count] per sequence, cached or computed once.
+
+    `sequences` name the cache entry; `items` (default: the sequences) are what `collate`
+    batches, e.g. the pairs holding them for a shared-prompt collator."""
+    items = sequences if items is None else items
     device = select_device(config.device)
     if config.ref_model is not None:
         identity = model_identity(resolve_model_path(config.ref_model))
 
         def compute():
             reference = load_model(config.ref_model, device="cpu", dtype="float32")
-            return compute_sequence_stats(reference, sequences, collate, config.micro_batch, device)
+            return compute_sequence_stats(reference, items, collate, config.micro_batch, device)
     else:
         identity = model_identity(resolve_model_path(config.model))
         lora = hasattr(model, "disable_adapter")
 
         def compute():
             stats = compute_sequence_stats(
-                model, sequences, collate, config.micro_batch, device, disable_adapter=lora
+                model, items, collate, config.micro_batch, device, disable_adapter=lora
             )
             model.to("cpu")
             return stats

@@ -16,6 +16,10 @@ transformers' SDPA path, so a model set to it still generates and evaluates norm
 Callers pass an all-ones 2D attention mask with packed rows: that keeps transformers from
 building the (N, N) packed mask (its mask builder then sees no padding and skips the
 mask altogether), while the restarting `position_ids` still drive the rotary embeddings.
+
+Shared prompts (`SharedPrefixCollator`): a span of the row may also attend to an
+earlier span, its prompt (`alignkit_prefixes`, one entry per span): its queries see the
+whole prompt and, causally, themselves; what the span's sequence would see alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def packed_attention(
     """transformers attention interface: query (B, Hq, N, D), key/value (B, Hkv, N, D)
     -> (attn_output (B, N, Hq, D), None)."""
     bounds = kwargs.get("cu_seq_lens_q")
+    prefixes = kwargs.get("alignkit_prefixes")
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -45,18 +50,40 @@ def packed_attention(
         value = value.repeat_interleave(groups, dim=1)
     dropout = dropout if module.training else 0.0
     edges = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
-    outputs = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            is_causal=True,
-            dropout_p=dropout,
-            scale=scaling,
+    prefixes = prefixes if prefixes is not None else [None] * (len(edges) - 1)
+    outputs = []
+    for start, end, prefix in zip(edges[:-1], edges[1:], prefixes, strict=True):
+        if end <= start:
+            continue
+        span = slice(start, end)
+        if prefix is None:
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    query[:, :, span],
+                    key[:, :, span],
+                    value[:, :, span],
+                    is_causal=True,
+                    dropout_p=dropout,
+                    scale=scaling,
+                )
+            )
+            continue
+        # The span's queries see its prompt's keys, then their own causally (lower right).
+        seen = slice(*prefix)
+        own = end - start
+        visible = torch.ones(
+            own, prefix[1] - prefix[0] + own, dtype=torch.bool, device=query.device
         )
-        for start, end in zip(edges[:-1], edges[1:], strict=True)
-        if end > start
-    ]
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, span],
+                torch.cat([key[:, :, seen], key[:, :, span]], dim=2),
+                torch.cat([value[:, :, seen], value[:, :, span]], dim=2),
+                attn_mask=visible.tril(diagonal=prefix[1] - prefix[0]),
+                dropout_p=dropout,
+                scale=scaling,
+            )
+        )
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -70,6 +97,11 @@ def register() -> None:
     AttentionInterface.register(PACKED_ATTENTION, packed_attention)
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
     _registered = True
+
+
+def uses_packed_attention(model) -> bool:
+    """Whether a transformers model runs `alignkit_packed` attention."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == PACKED_ATTENTION
 
 
 def use_packed_attention(model) -> bool:
@@ -104,4 +136,31 @@ def packed_forward_kwargs(model, input_ids: torch.Tensor, cu_seqlens: torch.Tens
         "cu_seq_lens_k": bounds,
         "max_length_q": longest,
         "max_length_k": longest,
+    }
+
+
+def shared_prefix_forward_kwargs(
+    model, input_ids: torch.Tensor, segments: list[int], layout: list[tuple]
+) -> dict:
+    """Decoder-forward arguments for a `SharedPrefixCollator` row: input_ids (1, N);
+    segments: the G+1 group bounds; layout: (prefix_start, prefix_end, rest_start,
+    rest_end) of each span that attends to a prompt. Needs `alignkit_packed`."""
+    if getattr(model.config, "_attn_implementation", None) != PACKED_ATTENTION:
+        raise ValueError(
+            "shared-prompt rows need alignkit's packed attention, and this model uses "
+            f"{model.config._attn_implementation!r}; set share_prompt=false"
+        )
+    rows = [tuple(row) for row in layout]
+    prompt_of = {(rest_start, rest_end): (start, end) for start, end, rest_start, rest_end in rows}
+    cuts = sorted(set(segments) | {c for row in rows for c in row[2:]})
+    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+    bounds = torch.tensor(cuts, dtype=torch.int32)
+    longest = max(end - start for start, end in spans)
+    return {
+        "attention_mask": torch.ones_like(input_ids),
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+        "max_length_q": longest,
+        "max_length_k": longest,
+        "alignkit_prefixes": [prompt_of.get(span) for span in spans],
     }

@@ -19,7 +19,11 @@ import torch
 from torch import nn
 
 from alignkit.models.lora import unwrap
-from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
+from alignkit.ops.attention import (
+    packed_forward_kwargs,
+    shared_prefix_forward_kwargs,
+    use_packed_attention,
+)
 from alignkit.ops.grad_accumulation import accumulation_target, fusable_embedding, fused_embedding
 
 IGNORE_INDEX = -100
@@ -173,11 +177,26 @@ class CausalLMLogps(nn.Module):
         return unwrap(self.model)
 
     def forward(
-        self, input_ids, labels, attention_mask=None, position_ids=None, cu_seqlens=None, **_ignored
+        self,
+        input_ids,
+        labels=None,
+        attention_mask=None,
+        position_ids=None,
+        cu_seqlens=None,
+        *,
+        shared_prefix=None,
+        target_index=None,
+        target_ids=None,
+        **_ignored,
     ):
+        """Per-position log-probs (see the class docstring), or, for a shared-prompt row
+        (`SharedPrefixCollator`: `shared_prefix=(segments, layout)`, `target_index` (M,),
+        `target_ids` (M,)), the (M,) log-probs of its targets and None."""
         lm = self.causal_lm
         inputs = {"attention_mask": attention_mask, "position_ids": position_ids}
-        if cu_seqlens is not None:
+        if shared_prefix is not None:
+            inputs.update(shared_prefix_forward_kwargs(lm, input_ids, *shared_prefix))
+        elif cu_seqlens is not None:
             inputs.update(packed_forward_kwargs(lm, input_ids, cu_seqlens))
         embed = lm.get_input_embeddings()
         if self.fuse_grad_accumulation and torch.is_grad_enabled() and fusable_embedding(embed):
@@ -185,23 +204,51 @@ class CausalLMLogps(nn.Module):
         else:
             inputs["input_ids"] = input_ids
         hidden = lm.get_decoder()(use_cache=False, **inputs).last_hidden_state
+        if target_index is not None:
+            return self._head_logps(hidden[0, target_index], target_ids), None
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
-        safe_targets = targets.masked_fill(~mask, 0)
-        head = lm.get_output_embeddings()
-        inputs = hidden[:, :-1]
+        return self._head_logps(hidden[:, :-1], targets.masked_fill(~mask, 0)) * mask, mask
+
+    def _head_logps(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log softmax(head(hidden) / temperature) at `targets`: hidden (..., H) -> (...)."""
+        head = self.causal_lm.get_output_embeddings()
         scale = 1.0 / self.temperature if self.temperature not in (0, 1) else None
         if type(head) is nn.Linear:
             bias = head.bias
             if scale is not None:  # (h W + b) / t == (h / t) W + b / t
-                inputs, bias = inputs * scale, (bias * scale if bias is not None else None)
-            logps = token_logps(
-                inputs, head.weight, safe_targets, bias, self.chunk, self.fuse_grad_accumulation
+                hidden, bias = hidden * scale, (bias * scale if bias is not None else None)
+            return token_logps(
+                hidden, head.weight, targets, bias, self.chunk, self.fuse_grad_accumulation
             )
-        else:  # an adapted or unusual head: fall back to full logits
-            logits = head(inputs)
-            logps = naive_token_logps(logits * scale if scale is not None else logits, safe_targets)
-        return logps * mask, mask
+        # an adapted or unusual head: fall back to full logits
+        logits = head(hidden)
+        return naive_token_logps(logits * scale if scale is not None else logits, targets)
+
+
+def sequence_stats(module: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence (summed target log-prob, target count), each (S,), for any collated
+    batch: padded, packed, or shared-prompt (S = its sequences, in input order)."""
+    if "target_index" in batch:
+        logps, _ = module(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            shared_prefix=(batch["segments"], batch["layout"]),
+            target_index=batch["target_index"],
+            target_ids=batch["target_ids"],
+        )
+        owner, count = batch["target_sequence"], batch["num_sequences"]
+        sums = logps.new_zeros(count).index_add(0, owner, logps)
+        counts = torch.zeros(count, device=logps.device).index_add(0, owner, torch.ones_like(logps))
+        return sums, counts
+    logps, mask, cu_seqlens = batch_token_logps(module, batch)
+    ones = torch.ones_like(logps)
+    return reduce_sequences(logps, mask, cu_seqlens), reduce_sequences(ones, mask, cu_seqlens)
+
+
+def sequence_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-token mean log-probs from `sequence_stats` (0 for a sequence with no targets)."""
+    return sums / counts.clamp(min=1)
 
 
 def batch_token_logps(module: nn.Module, batch: dict):

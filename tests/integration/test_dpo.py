@@ -48,15 +48,36 @@ def test_held_out_reward_accuracy_rises_above_0_9(
     } <= logged[0].keys()
 
 
-def test_packed_and_padded_pairs_train_identically(tiny_model_dir, preference_files, tmp_path):
-    packed = run_dpo(dpo_config(tiny_model_dir, preference_files, tmp_path / "packed", max_steps=2))
-    padded = run_dpo(
-        dpo_config(
-            tiny_model_dir, preference_files, tmp_path / "padded", max_steps=2, packing=False
-        )
+def test_shared_prompt_packed_and_padded_pairs_train_identically(
+    tiny_model_dir, preference_files, tmp_path, monkeypatch
+):
+    """Each pair's prompt run once (the default), plain packed rows, padded batches: the
+    same reference log-probs and the same training."""
+    from alignkit.data.collators import SharedPrefixCollator
+
+    shared_batches = []
+    collate = SharedPrefixCollator.__call__
+    monkeypatch.setattr(
+        SharedPrefixCollator,
+        "__call__",
+        lambda self, groups: shared_batches.append(len(groups)) or collate(self, groups),
     )
-    for key in ("loss", "rewards/margins", "logps/chosen"):
-        assert packed.last_metrics[key] == pytest.approx(padded.last_metrics[key], abs=1e-5)
+    layouts = {
+        "shared": {},
+        "packed": {"share_prompt": False},
+        "padded": {"packing": False},
+    }
+    runs = {}
+    for name, extra in layouts.items():
+        shared_batches.clear()
+        runs[name] = run_dpo(
+            dpo_config(tiny_model_dir, preference_files, tmp_path / name, max_steps=2, **extra)
+        )
+        assert bool(shared_batches) == (name == "shared")
+    for name in ("packed", "padded"):
+        for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected"):
+            expected = runs[name].last_metrics[key]
+            assert runs["shared"].last_metrics[key] == pytest.approx(expected, abs=1e-5), key
 
 
 def test_token_capped_forward_passes_train_like_one_forward(

@@ -80,3 +80,40 @@ def test_masked_calls_are_plain_sdpa():
         expected = reference(input_ids=ids, attention_mask=mask).logits
         actual = switched(input_ids=ids, attention_mask=mask).logits
     assert_close(actual[mask.bool()], expected[mask.bool()])
+
+
+def test_shared_prompt_rows_give_each_sequences_own_log_probs_and_gradients():
+    """Groups sharing a prompt (a pair and a triple, grouped-query attention, one group's
+    responses of different lengths) give the per-sequence log-prob sums, target counts
+    and parameter gradients of a plain packed row of the same sequences, in fewer tokens."""
+    from alignkit.data.collators import PackingCollator, SharedPrefixCollator
+    from alignkit.ops.logprobs import CausalLMLogps, sequence_stats
+
+    generator = torch.Generator().manual_seed(0)
+
+    def sequence(prompt, response_length):
+        response = torch.randint(3, 5000, (response_length,), generator=generator).tolist()
+        return {"input_ids": prompt + response, "labels": [-100] * len(prompt) + response}
+
+    prompts = [torch.randint(3, 5000, (n,), generator=generator).tolist() for n in (9, 6)]
+    groups = [
+        [sequence(prompts[0], 5), sequence(prompts[0], 8)],
+        [sequence(prompts[1], 4), sequence(prompts[1], 1), sequence(prompts[1], 7)],
+    ]
+    results = []
+    for collate, items in (
+        (PackingCollator(), [s for group in groups for s in group]),
+        (SharedPrefixCollator(), groups),
+    ):
+        model = tiny_model(2)
+        batch = collate(items)
+        sums, counts = sequence_stats(CausalLMLogps(model), batch)
+        (sums * torch.arange(1.0, 6.0)).sum().backward()  # a different weight per sequence
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((sums.detach(), counts, grads, batch["input_ids"].shape[1]))
+    (packed_sums, packed_counts, packed_grads, packed_tokens), shared = results
+    assert shared[3] == packed_tokens - 9 - 2 * 6  # each prompt once
+    assert shared[1].tolist() == packed_counts.tolist() == [5, 8, 4, 1, 7]
+    assert_close(shared[0], packed_sums, atol=1e-4, rtol=1e-5)
+    for name, grad in packed_grads.items():
+        assert_close(shared[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)

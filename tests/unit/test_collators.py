@@ -86,3 +86,37 @@ def test_packed_forward_equals_padded_forward():
         ).logits
     for row, piece in enumerate(split_packed(packed_logits, packed["cu_seqlens"])):
         assert_close(piece, padded_logits[row, : len(piece)], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_layout_worked_by_hand():
+    """Group 1: prompt [5, 6] (unlabelled) then responses [7, 8] and [9]; group 2: a
+    single sequence. Columns: 0-1 prompt, 2-3 rest_0, 4 rest_1, 5-7 group 2."""
+    from alignkit.data.collators import SharedPrefixCollator
+
+    ignore = -100
+    chosen = {"input_ids": [5, 6, 7, 8], "labels": [ignore, ignore, 7, 8]}
+    rejected = {"input_ids": [5, 6, 9], "labels": [ignore, ignore, 9]}
+    alone = {"input_ids": [1, 2, 3], "labels": [ignore, 2, 3]}
+    batch = SharedPrefixCollator()([[chosen, rejected], [alone]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 2, 3]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 2]]
+    assert batch["segments"] == [0, 5, 8]
+    assert batch["layout"] == [(0, 2, 4, 5)]  # rest_1 (column 4) attends to columns 0-1
+    # chosen: 7 predicted at column 1 (the prompt's end), 8 at column 2; rejected: 9 at
+    # column 1 as well; alone: 2 at column 5, 3 at column 6 (its first token: no target)
+    assert batch["target_index"].tolist() == [1, 2, 1, 5, 6]
+    assert batch["target_ids"].tolist() == [7, 8, 9, 2, 3]
+    assert batch["target_sequence"].tolist() == [0, 0, 1, 2, 2]
+    assert batch["num_sequences"] == 3
+
+
+def test_shared_prefix_stops_at_a_difference_or_a_label_and_leaves_each_its_own_token():
+    from alignkit.data.collators import shared_prefix_length
+
+    ignore = -100
+    a = {"input_ids": [1, 2, 3, 4], "labels": [ignore, ignore, ignore, 4]}
+    assert shared_prefix_length([a, {"input_ids": [1, 2, 9], "labels": [ignore] * 3}]) == 2
+    labelled = {"input_ids": [1, 2, 3, 4], "labels": [ignore, 2, 3, 4]}
+    assert shared_prefix_length([a, labelled]) == 1  # token 2 is trained on in `labelled`
+    same = {"input_ids": [1, 2], "labels": [ignore, ignore]}
+    assert shared_prefix_length([same, dict(same)]) == 1
