@@ -11,7 +11,9 @@ alignkit's includes computing the reference log-probs (TRL builds a reference co
 runs it every step). Reported: wall time, peak memory, and the share of the machine's
 measured float32 matmul FLOP/s that the work represents: 6 FLOP per parameter per trained
 token (policy forward + backward) + 2 per reference token, counted on real (non-pad)
-tokens for both, so padding shows up as lower utilisation.
+tokens for both, so padding shows up as lower utilisation. alignkit runs each pair's
+prompt once (`share_prompt`, on by default), so it executes fewer tokens than that work
+counts; its utilisation on the tokens it executes is reported beside it.
 
 Run with `make bench-dpo` (TRL only in the benchmark venv).
 """
@@ -41,6 +43,7 @@ from common import (  # noqa: E402
 
 from alignkit.config import DPOConfig, load_config  # noqa: E402
 from alignkit.data import load_records  # noqa: E402
+from alignkit.data.collators import shared_prefix_length  # noqa: E402
 from alignkit.data.templating import ChatEncoder  # noqa: E402
 from alignkit.methods.dpo import run_dpo  # noqa: E402
 from alignkit.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_path  # noqa: E402
@@ -51,13 +54,16 @@ def training_order(n: int, args) -> list[int]:
     return [i for step in range(args.steps) for i in step_indices(step, args.batch_size, n, 0)]
 
 
-def real_tokens(model_dir, data_path, args) -> int:
+def real_tokens(model_dir, data_path, args) -> tuple[int, int]:
+    """(tokens of the trained pairs' sequences, the same counting each shared prompt once)."""
     encoder = ChatEncoder(load_tokenizer(model_dir), max_length=args.max_length)
     pairs = [encoder.encode_pair(r) for r in load_records(data_path).records]
-    return sum(
-        len(p.chosen.sequence().input_ids) + len(p.rejected.sequence().input_ids)
-        for p in (pairs[i] for i in training_order(len(pairs), args))
-    )
+    trained = [pairs[i] for i in training_order(len(pairs), args)]
+    sequences = [
+        (p.chosen.sequence().features(), p.rejected.sequence().features()) for p in trained
+    ]
+    tokens = sum(len(c["input_ids"]) + len(r["input_ids"]) for c, r in sequences)
+    return tokens, tokens - sum(shared_prefix_length(pair) for pair in sequences)
 
 
 def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool) -> dict:
@@ -156,7 +162,7 @@ def main() -> None:
         # A fresh cache home: a cached reference table from an earlier run would skip the
         # reference pass and flatter alignkit (the model folder is already resolved).
         os.environ["ALIGNKIT_HOME"] = str(workdir / "home")
-        tokens = real_tokens(model_dir, data_path, args)
+        tokens, executed_tokens = real_tokens(model_dir, data_path, args)
         for checkpointing in (False, True):
             setting = "on" if checkpointing else "off"
             if args.only != "both" and args.only != setting:
@@ -191,6 +197,8 @@ def main() -> None:
     for name, r in results.items():
         baseline = results[name.replace("alignkit dpo", "TRL DPOTrainer")]
         r["utilisation"] = work / r["seconds"] / machine
+        if name.startswith("alignkit"):
+            r["utilisation_on_executed_tokens"] = r["utilisation"] * executed_tokens / tokens
         if "checkpointing on" in name:  # the recomputed forward is work done, not progress
             r["utilisation_counting_recompute"] = (
                 (work + 2 * parameters * tokens) / r["seconds"] / machine
@@ -201,12 +209,22 @@ def main() -> None:
             f"{name:<40}{r['seconds']:>9.1f}{r['peak_mib']:>10.0f}{r['utilisation']:>10.0%}"
             f"{r['speedup_vs_trl']:>13.2f}x{r['memory_ratio_vs_trl']:>14.2f}x"
         )
+    print(
+        f"alignkit executes {executed_tokens} of the {tokens} tokens (each prompt once); "
+        "of matmul on those: "
+        + ", ".join(
+            f"{r['utilisation_on_executed_tokens']:.0%}"
+            for name, r in results.items()
+            if name.startswith("alignkit")
+        )
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "settings": {k: str(v) for k, v in vars(args).items()},
                 "tokens": tokens,
+                "alignkit_executed_tokens": executed_tokens,
                 "matmul_flops_per_s": machine,
                 "matmul_flops_per_s_before_after": [machine_before, machine_after],
                 "results": results,
