@@ -50,7 +50,17 @@ def unwrap(model):
 
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations in backward (non-reentrant: works with frozen inputs and
-    PEFT adapters)."""
-    unwrap(model).gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
+    PEFT adapters).
+
+    transformers also hooks the input embedding so that its output requires grad, which
+    only reentrant checkpointing needs; the hook is removed, because a hooked embedding
+    cannot take alignkit's fused gradient path (`alignkit.ops.grad_accumulation`).
+    """
+    lm = unwrap(model)
+    settings = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5 (the old name warns)
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
+    if hasattr(lm, "disable_input_require_grads"):
+        lm.disable_input_require_grads()

@@ -47,6 +47,7 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
 )
 from alignkit.train.distributed import DistEnv
+from alignkit.train.heap import release_free_heap
 from alignkit.train.metrics import MetricsSink
 from alignkit.train.optim import allocate_state, build_optimizer, build_scheduler
 
@@ -250,6 +251,8 @@ def train(
                 last = i == len(batches) - 1
                 sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                if device.type == "cpu":
+                    release_free_heap()
                 with sync:
                     with autocast():
                         micro_loss, metrics = step_fn(runner, batch)

@@ -102,3 +102,22 @@ def test_embeddings_that_fusion_would_change_are_not_fusable():
     hooked = torch.nn.Embedding(5, 2)
     hooked.register_forward_hook(lambda module, args, out: out * 2)
     assert not fusable_embedding(hooked)
+
+
+def test_gradient_checkpointing_leaves_the_input_embedding_fusable(tokenizer):
+    """transformers hooks the input embedding when checkpointing is turned on (for
+    reentrant checkpointing only); alignkit removes the hook, and still trains through
+    the recomputed layers."""
+    from alignkit.models.lora import enable_gradient_checkpointing
+
+    model = tiny_model(seed=1, tokenizer=tokenizer)
+    enable_gradient_checkpointing(model)
+    assert model.is_gradient_checkpointing
+    assert fusable_embedding(model.get_input_embeddings())
+    module = CausalLMLogps(model)
+    set_grad_accumulation_fusion(module, True)
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    ids = torch.randint(3, 500, (2, 9))
+    _backward_twice(module.train(), [{"input_ids": ids, "labels": ids.clone()}])
+    assert all(param.grad.any() for param in model.parameters())

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -237,3 +238,37 @@ def test_allocated_adamw_state_steps_exactly_like_lazily_created_state():
         assert steps == {3.0}
     for lazy, eager in zip(*results, strict=True):
         assert torch.equal(lazy, eager)
+
+
+TRIM_SCRIPT = """
+import torch
+from alignkit.train.heap import release_free_heap
+
+
+def resident():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+
+
+kept, freed = [], []
+for _ in range(2000):
+    freed.append(torch.ones(25_000))
+    kept.append(torch.ones(16))
+del freed
+before = resident()
+release_free_heap()
+print(before - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_free_heap_hands_freed_blocks_back_to_the_os():
+    """In a fresh process (a known heap), 200 MB of 100 KB tensors (heap blocks, not
+    mappings) freed between small live ones stay resident until `release_free_heap`
+    (measured: 194 MB returned, 0 by the frees themselves)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout.strip()) > 100e6
