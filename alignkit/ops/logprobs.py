@@ -295,7 +295,7 @@ def reduce_sequences(
         ]
         sums = values.new_zeros(len(lengths)).index_add(0, owner, values[0])
         sizes = counts.new_zeros(len(lengths)).index_add(0, owner, counts[0])
-    return sums if reduction == "sum" else sums / sizes.clamp(min=1)
+    return sums if reduction == "sum" else sequence_means(sums, sizes)
 
 
 def sequence_logps(
