@@ -126,17 +126,9 @@ def packed_forward_kwargs(model, input_ids: torch.Tensor, cu_seqlens: torch.Tens
     (S+1,)): with `alignkit_packed`, an all-ones mask and the sequence bounds (kept on
     the CPU: they are read as Python ints); otherwise nothing, and transformers builds
     its packed mask from the position ids."""
-    if getattr(model.config, "_attn_implementation", None) != PACKED_ATTENTION:
+    if not uses_packed_attention(model):
         return {}
-    bounds = cu_seqlens.detach().to("cpu", torch.int32)
-    longest = int((bounds[1:] - bounds[:-1]).max())
-    return {
-        "attention_mask": torch.ones_like(input_ids),
-        "cu_seq_lens_q": bounds,
-        "cu_seq_lens_k": bounds,
-        "max_length_q": longest,
-        "max_length_k": longest,
-    }
+    return _span_kwargs(input_ids, cu_seqlens.detach().to("cpu", torch.int32))
 
 
 def shared_prefix_forward_kwargs(
@@ -145,7 +137,7 @@ def shared_prefix_forward_kwargs(
     """Decoder-forward arguments for a `SharedPrefixCollator` row: input_ids (1, N);
     segments: the G+1 group bounds; layout: (prefix_start, prefix_end, rest_start,
     rest_end) of each span that attends to a prompt. Needs `alignkit_packed`."""
-    if getattr(model.config, "_attn_implementation", None) != PACKED_ATTENTION:
+    if not uses_packed_attention(model):
         raise ValueError(
             "shared-prompt rows need alignkit's packed attention, and this model uses "
             f"{model.config._attn_implementation!r}; set share_prompt=false"
@@ -154,13 +146,20 @@ def shared_prefix_forward_kwargs(
     prompt_of = {(rest_start, rest_end): (start, end) for start, end, rest_start, rest_end in rows}
     cuts = sorted(set(segments) | {c for row in rows for c in row[2:]})
     spans = list(zip(cuts[:-1], cuts[1:], strict=True))
-    bounds = torch.tensor(cuts, dtype=torch.int32)
-    longest = max(end - start for start, end in spans)
+    return {
+        **_span_kwargs(input_ids, torch.tensor(cuts, dtype=torch.int32)),
+        "alignkit_prefixes": [prompt_of.get(span) for span in spans],
+    }
+
+
+def _span_kwargs(input_ids: torch.Tensor, bounds: torch.Tensor) -> dict:
+    """An all-ones mask (so transformers builds none) and the row's span bounds (S+1,)
+    int32 on the CPU, passed the way flash-attention kwargs are."""
+    longest = int((bounds[1:] - bounds[:-1]).max())
     return {
         "attention_mask": torch.ones_like(input_ids),
         "cu_seq_lens_q": bounds,
         "cu_seq_lens_k": bounds,
         "max_length_q": longest,
         "max_length_k": longest,
-        "alignkit_prefixes": [prompt_of.get(span) for span in spans],
     }
