@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import random
@@ -12,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from alignkit.train.heap import release_free_heap
 
 VOCABULARY = (
     "the a movie film story actor scene plot music light camera city night river house friend family war "
@@ -62,10 +63,7 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:  # hand freed heap pages back to the OS so the next phase's RSS starts clean
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+    release_free_heap()  # freed heap pages back to the OS: the next phase's RSS starts clean
 
 
 def _rss() -> int:

@@ -111,10 +111,9 @@ def use_packed_attention(model) -> bool:
     config = getattr(model, "config", None)
     if config is None:
         return False
-    current = getattr(config, "_attn_implementation", None)
-    if current == PACKED_ATTENTION:
+    if uses_packed_attention(model):
         return True
-    if current not in (None, "sdpa", "eager"):
+    if getattr(config, "_attn_implementation", None) not in (None, "sdpa", "eager"):
         return False
     register()
     model.set_attn_implementation(PACKED_ATTENTION)
