@@ -201,3 +201,9 @@ class SharedPrefixCollator:
             "target_sequence": torch.tensor(target_sequence, dtype=torch.long),
             "num_sequences": sequence,
         }
+
+
+def batch_to(batch: dict, device) -> dict:
+    """A collated batch with its tensors on `device`; host-side values (the lists and ints
+    that `SharedPrefixCollator` returns) stay as they are."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

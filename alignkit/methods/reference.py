@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignkit.data.collators import batch_to
 from alignkit.fsutil import alignkit_home
 from alignkit.models.device import select_device
 from alignkit.models.loading import load_model, resolve_model_path
@@ -64,7 +65,7 @@ def compute_sequence_stats(
     with context:
         for start in range(0, len(items), micro):
             batch = collate_fn(items[start : start + micro])
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = batch_to(batch, device)
             sums, counts = sequence_stats(module, batch)
             out.append(torch.stack([sums, counts], dim=-1).float().cpu())
     model.train(was_training)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from alignkit.config import save_config, to_dict
+from alignkit.data.collators import batch_to
 from alignkit.errors import AlignkitError
 from alignkit.fsutil import atomic_directory
 from alignkit.models.device import bf16_supported, select_device
@@ -250,7 +251,7 @@ def train(
             for i, batch in enumerate(batches):
                 last = i == len(batches) - 1
                 sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                batch = batch_to(batch, device)
                 if device.type == "cpu":
                     release_free_heap()
                 with sync:
@@ -392,7 +393,7 @@ def evaluate(
     metric_sums: dict[str, torch.Tensor] = {}
     for group in split(shard):
         batch = collate_fn(group)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = batch_to(batch, device)
         with autocast():
             loss_sum, metrics = step_fn(runner, batch)
         units = float(units_fn(batch))
