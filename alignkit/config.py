@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from alignkit.errors import AlignkitError
+from alignkit.losses.registry import PREFERENCE_LOSSES
 from alignkit.models.builtin import DEFAULT_MODEL
 from alignkit.models.lora import LoraSettings
 
@@ -179,7 +180,9 @@ class DPOConfig(TrainConfig):
     )
     learning_rate: float = setting(1e-6, "peak learning rate (AdamW)")
     loss: str = setting(
-        "dpo", "preference loss", choices=("dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "orpo")
+        "dpo",
+        "preference loss (alignkit.losses.registry lists each one's reduction and inputs)",
+        choices=tuple(PREFERENCE_LOSSES),
     )
     beta: float = setting(
         0.1,
@@ -205,14 +208,14 @@ class DPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.loss == "robust" and not 0 <= self.label_smoothing < 0.5:
+        # from_dict checks the choices; a DPOConfig built in Python reaches here unchecked
+        if self.loss not in PREFERENCE_LOSSES:
             raise ConfigError(
-                f"loss=robust needs 0 <= label_smoothing < 0.5, got {self.label_smoothing}"
+                f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, got {self.loss!r}"
             )
-        if self.loss == "cdpo" and not 0 < self.label_smoothing <= 0.5:
-            raise ConfigError(
-                f"loss=cdpo needs 0 < label_smoothing <= 0.5 (e.g. 0.1), got {self.label_smoothing}"
-            )
+        error = PREFERENCE_LOSSES[self.loss].error(self)
+        if error is not None:
+            raise ConfigError(f"loss={self.loss} {error}")
 
 
 @dataclass

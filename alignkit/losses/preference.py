@@ -5,9 +5,10 @@ Every function takes per-sequence log-probabilities, shape (B,), and returns
 Notation: for a pair, the implicit reward of a response is `beta * (policy - ref)`,
 and `h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)`.
 
-Whether log-probs are summed or averaged over tokens is the caller's choice, made once
-in `sequence_logps(..., reduction=)`: DPO, cDPO, hinge and robust DPO use sums; IPO,
-SimPO and ORPO use per-token means (a silent sum-for-mean swap was a real IPO bug).
+Whether log-probs are summed or averaged over tokens is the caller's choice: each loss's
+entry in `alignkit.losses.registry` states it, and `alignkit.ops.logprobs.sequence_logps`
+applies it to the policy and the reference alike. DPO, cDPO, hinge and robust DPO use
+sums; IPO, SimPO and ORPO per-token means (a silent sum-for-mean swap was a real IPO bug).
 """
 
 from __future__ import annotations
@@ -205,14 +206,3 @@ def kto_loss(
         "kl": z0,
     }
     return losses, metrics
-
-
-PAIRED_LOSSES = {
-    "dpo": dpo_loss,
-    "cdpo": dpo_loss,
-    "ipo": ipo_loss,
-    "hinge": hinge_loss,
-    "robust": robust_dpo_loss,
-}
-REFERENCE_FREE_LOSSES = {"simpo": simpo_loss, "orpo": orpo_loss}
-MEAN_REDUCTION = {"ipo", "simpo", "orpo"}

@@ -18,11 +18,11 @@ import torch
 from alignkit.config import DPOConfig
 from alignkit.data.collators import SharedPrefixCollator
 from alignkit.data.templating import ChatEncoder
-from alignkit.losses.preference import MEAN_REDUCTION, PAIRED_LOSSES, REFERENCE_FREE_LOSSES
+from alignkit.losses.registry import PREFERENCE_LOSSES
 from alignkit.methods.common import build_collator, load_encoded, prepare
 from alignkit.methods.reference import reference_table
 from alignkit.ops.attention import uses_packed_attention
-from alignkit.ops.logprobs import CausalLMLogps, sequence_means, sequence_stats
+from alignkit.ops.logprobs import CausalLMLogps, sequence_logps, sequence_stats
 from alignkit.train.loop import TrainResult, train
 
 log = logging.getLogger("alignkit")
@@ -60,28 +60,24 @@ def count_pairs(batch: dict) -> int:
 def dpo_step(
     module, batch: dict, *, config: DPOConfig, reference: torch.Tensor | None
 ) -> tuple[torch.Tensor, dict]:
-    """Summed preference loss of one micro-batch; `reference` is the (pairs, 2, 2) table
-    of [chosen, rejected] x [summed log-prob, target count]."""
-    sums, counts = sequence_stats(module, batch)
-    reduction = "mean" if config.loss in MEAN_REDUCTION else "sum"
-    sequences = sequence_means(sums, counts) if reduction == "mean" else sums
-    chosen, rejected = sequences[0::2], sequences[1::2]
-    if config.loss in REFERENCE_FREE_LOSSES:
-        extra = {"gamma": config.simpo_gamma} if config.loss == "simpo" else {}
-        losses, metrics = REFERENCE_FREE_LOSSES[config.loss](
-            chosen, rejected, beta=config.beta, **extra
-        )
-        return losses.sum(), metrics
-    table = reference.to(sums.device)[batch["pair_index"]]  # (B, 2, 2); .to is a no-op once there
-    ref = table[..., 0] / table[..., 1].clamp(min=1) if reduction == "mean" else table[..., 0]
-    extra = {}
-    if config.loss in ("dpo", "cdpo"):
-        extra["label_smoothing"] = batch["label_smoothing"]
-    elif config.loss == "robust":
-        extra["label_smoothing"] = config.label_smoothing
-    losses, metrics = PAIRED_LOSSES[config.loss](
-        chosen, rejected, ref[:, 0], ref[:, 1], beta=config.beta, **extra
-    )
+    """Summed preference loss of one micro-batch of B pairs (2B sequences, chosen and
+    rejected alternating) and its metrics.
+
+    Everything loss-specific comes from the loss's `PREFERENCE_LOSSES` entry: the
+    reduction, whether the reference takes part, and the keyword arguments. `reference`
+    is the (pairs, 2, 2) table of [chosen, rejected] x [summed log-prob, target count],
+    reduced by the same `sequence_logps` as the policy; None for reference-free losses.
+    """
+    entry = PREFERENCE_LOSSES[config.loss]
+    sums, counts = sequence_stats(module, batch)  # (2B,) each
+    policy = sequence_logps(sums, counts, entry.reduction)
+    logps = [policy[0::2], policy[1::2]]  # chosen, rejected: (B,) each
+    if entry.needs_reference:
+        # (B, 2, 2); .to is a no-op once the table is on the device
+        table = reference.to(sums.device)[batch["pair_index"]]
+        ref = sequence_logps(table[..., 0], table[..., 1], entry.reduction)  # (B, 2)
+        logps += [ref[:, 0], ref[:, 1]]
+    losses, metrics = entry.resolve()(*logps, **entry.kwargs(config, batch))
     return losses.sum(), metrics
 
 
@@ -147,7 +143,7 @@ def run_dpo(config: DPOConfig) -> TrainResult:
         share_prompt = False
     collate = PairCollator(build_collator(tokenizer, config.packing), share_prompt)
     reference = None
-    if config.loss not in REFERENCE_FREE_LOSSES:
+    if PREFERENCE_LOSSES[config.loss].needs_reference:
         reference = build_reference_table(model, pairs + (eval_pairs or []), collate, config)
     step = functools.partial(dpo_step, config=config, reference=reference)
     return train(

@@ -26,12 +26,14 @@ from alignkit.errors import DataError
 from alignkit.losses.preference import kto_loss
 from alignkit.methods.common import build_collator, prepare
 from alignkit.methods.reference import compute_sequence_stats, reference_table
-from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps, reduce_sequences
+from alignkit.ops.logprobs import CausalLMLogps, sequence_logps, sequence_stats
 from alignkit.train.loop import TrainResult, save_final, train
 
 log = logging.getLogger("alignkit")
 
 PAIR_KEY = "_pair"  # set on records split from a preference pair: the pair's number
+# KTO's implicit reward is on whole-sequence log-probs (Ethayarajh et al. 2024, Eq. 8)
+REDUCTION = "sum"
 
 
 def unpaired_records(path: str, config: KTOConfig, rejects_name: str) -> list[dict]:
@@ -112,16 +114,23 @@ class KTOCollator:
 def kto_step(
     module, batch: dict, *, config: KTOConfig, reference: torch.Tensor
 ) -> tuple[torch.Tensor, dict]:
-    logps, mask, cu_seqlens = batch_token_logps(module, batch)
-    sequences = reduce_sequences(logps, mask, cu_seqlens, "sum")
+    """Summed KTO loss of one micro-batch of B examples (2B sequences: the matched ones,
+    then the mismatched ones) and its metrics.
+
+    `reference` is the (examples, 2, 2) table of [matched, mismatched] x [summed log-prob,
+    target count], reduced by the same `sequence_logps` as the policy. The KL estimate z0
+    is the batch mean of policy - reference over the mismatched sequences.
+    """
+    sums, counts = sequence_stats(module, batch)  # (2B,) each
+    policy = sequence_logps(sums, counts, REDUCTION)
     n = len(batch["example_index"])
-    table = reference.to(sequences.device)[
-        batch["example_index"]
-    ]  # (B, 2): matched, mismatched ref sums
-    kl = (sequences[n:] - table[:, 1]).detach().mean()
+    # (B, 2, 2); .to is a no-op once the table is on the device
+    table = reference.to(sums.device)[batch["example_index"]]
+    ref = sequence_logps(table[..., 0], table[..., 1], REDUCTION)  # (B, 2): matched, mismatched
+    kl = (policy[n:] - ref[:, 1]).detach().mean()
     losses, metrics = kto_loss(
-        sequences[:n],
-        table[:, 0],
+        policy[:n],
+        ref[:, 0],
         batch["desirable"],
         kl=kl,
         beta=config.beta,
@@ -158,7 +167,7 @@ def run_kto(config: KTOConfig) -> TrainResult:
     everything = examples + (eval_examples or [])
     sequences = [seq for e in everything for seq in (e["sequence"], e["kl_sequence"])]
     stats = reference_table(model, sequences, inner, config)  # (2N, 2)
-    reference = stats[:, 0].reshape(len(everything), 2)
+    reference = stats.reshape(len(everything), 2, 2)
     step = functools.partial(kto_step, config=config, reference=reference)
     finalize = make_finalize(config, eval_examples or [], reference, inner)
     return train(
@@ -194,10 +203,12 @@ def make_finalize(config: KTOConfig, eval_examples: list[dict], reference, colla
         pairs = complete_pairs(eval_examples)
         if pairs:
             device = next(model.parameters()).device
-            policy = compute_sequence_stats(
+            stats = compute_sequence_stats(
                 model, [e["sequence"] for e in eval_examples], collate, config.micro_batch, device
-            )[:, 0]
-            ref = reference[[e["index"] for e in eval_examples], 0]
+            )
+            policy = sequence_logps(stats[:, 0], stats[:, 1], REDUCTION)
+            matched = reference[[e["index"] for e in eval_examples], 0]  # (E, 2)
+            ref = sequence_logps(matched[:, 0], matched[:, 1], REDUCTION)
             rewards = config.beta * (policy - ref)
             chosen = rewards[[c for c, _ in pairs]]
             rejected = rewards[[r for _, r in pairs]]

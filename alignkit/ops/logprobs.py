@@ -246,9 +246,19 @@ def sequence_stats(module: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.
     return reduce_sequences(logps, mask, cu_seqlens), reduce_sequences(ones, mask, cu_seqlens)
 
 
-def sequence_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per-token mean log-probs from `sequence_stats` (0 for a sequence with no targets)."""
-    return sums / counts.clamp(min=1)
+def sequence_logps(sums: torch.Tensor, counts: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sequence log-probs from (summed target log-prob, target count): the one place
+    sum vs mean is decided, for the policy (`sequence_stats`) and for cached reference
+    tables of the same two numbers alike, so both sides of a log-ratio are reduced the same way.
+
+    sums, counts: (...) of the same shape. `reduction="sum"` returns `sums`; `"mean"` the
+    per-token mean `sums / counts` (0 for a sequence with no targets, not NaN).
+    """
+    if reduction == "sum":
+        return sums
+    if reduction == "mean":
+        return sums / counts.clamp(min=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
 def batch_token_logps(module: nn.Module, batch: dict):
@@ -275,15 +285,13 @@ def reduce_sequences(
     cu_seqlens: torch.Tensor | None = None,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Per-sequence log-probs from per-token ones: the one place sum vs mean is decided.
+    """Per-sequence log-probs from per-token ones, reduced by `sequence_logps`.
 
     Padded: token_logps, mask (B, T-1) -> (B,). Packed: token_logps, mask (1, N-1) with
     `cu_seqlens` (S+1,) -> (S,); position t belongs to the sequence holding token t+1's
     predecessor, i.e. the sequence that starts at or before t. `reduction="mean"` divides
-    by the number of target tokens (IPO, SimPO and ORPO use means; DPO uses sums).
+    by the number of target tokens.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     values = token_logps * mask
     counts = mask.to(values.dtype)
     if cu_seqlens is None:
@@ -295,49 +303,7 @@ def reduce_sequences(
         ]
         sums = values.new_zeros(len(lengths)).index_add(0, owner, values[0])
         sizes = counts.new_zeros(len(lengths)).index_add(0, owner, counts[0])
-    return sums if reduction == "sum" else sequence_means(sums, sizes)
-
-
-def sequence_logps(
-    logits_or_hidden: torch.Tensor,
-    labels: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    reduction: str = "sum",
-    *,
-    head: nn.Linear | None = None,
-    chunk: int | None = None,
-) -> torch.Tensor:
-    """Log-prob of each sequence's target tokens, never materialising `(B, T, V)`.
-
-    logits_or_hidden: (B, T, V) logits, or (B, T, H) hidden states with `head` the output
-    projection (then the projection runs chunk by chunk); labels: (B, T) token ids with
-    `IGNORE_INDEX` where there is no target; mask: (B, T) optional extra target mask.
-    Position t predicts labels[:, t+1]. Returns (B,) sums or per-token means.
-    """
-    targets = labels[:, 1:]
-    target_mask = targets != IGNORE_INDEX
-    if mask is not None:
-        target_mask = target_mask & mask[:, 1:].bool()
-    safe = targets.masked_fill(~target_mask, 0)
-    inputs = logits_or_hidden[:, :-1]
-    if head is not None:
-        token = token_logps(inputs, head.weight, safe, head.bias, chunk)
-    else:
-        token = _chunked_logits_logps(inputs, safe, chunk)
-    return reduce_sequences(token, target_mask, reduction=reduction)
-
-
-def _chunked_logits_logps(
-    logits: torch.Tensor, targets: torch.Tensor, chunk: int | None
-) -> torch.Tensor:
-    """log_softmax-gather over a few positions at a time (logits given: (B, T, V))."""
-    flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    step = chunk or default_chunk(logits.shape[-1], logits.device.type)
-    pieces = [
-        naive_token_logps(flat[i : i + step], flat_targets[i : i + step])
-        for i in range(0, len(flat), step)
-    ]
-    return torch.cat(pieces).reshape(targets.shape)
+    return sequence_logps(sums, sizes, reduction)
 
 
 def set_grad_accumulation_fusion(module: nn.Module, enabled: bool) -> None:
