@@ -109,6 +109,15 @@ class TrainConfig:
     resume: str | None = setting(
         None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint path"
     )
+    overwrite: bool = setting(
+        False, "start afresh in an output_dir that holds another run, removing that run first"
+    )
+    lean_memory: bool = setting(
+        True,
+        "memory measures (results unchanged): gradients and AdamW state in flat buffers "
+        "allocated before the first activation, the largest forward pass first, and on CPU "
+        "free heap pages handed back before each pass; false: PyTorch's lazy allocation",
+    )
     log_every: int = setting(10, "log metrics every this many steps")
     eval_every: int | None = setting(
         None, "evaluate eval_data every this many steps (and always at the end)"

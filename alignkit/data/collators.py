@@ -205,5 +205,8 @@ class SharedPrefixCollator:
 
 def batch_to(batch: dict, device) -> dict:
     """A collated batch with its tensors on `device`; host-side values (the lists and ints
-    that `SharedPrefixCollator` returns) stay as they are."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    that `SharedPrefixCollator` returns) stay as they are; nested batches move too."""
+    return {
+        k: v.to(device) if torch.is_tensor(v) else batch_to(v, device) if isinstance(v, dict) else v
+        for k, v in batch.items()
+    }

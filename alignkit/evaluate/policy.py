@@ -8,13 +8,16 @@ distributions (unbiased, since the samples come from the policy's).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.ops.logprobs import CausalLMLogps
-from alignkit.rollout.sampling import SamplingSettings, sample
+from alignkit.rollout.batch import completion_logps, completion_rows
+from alignkit.rollout.sampling import SamplingSettings, row_seed, sample
 
 
 @dataclass
@@ -23,7 +26,7 @@ class PolicyEvaluation:
     reward_sem: float  # standard error of that mean
     kl: float  # mean per-completion KL(pi || pi_ref) estimate
     length: float  # mean completion length in tokens
-    samples: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)  # prompt, completion, score, kl, length
 
 
 @torch.no_grad()
@@ -35,38 +38,54 @@ def evaluate_policy(
     settings: SamplingSettings,
     *,
     reference=None,
+    reference_context: Callable | None = None,
     batch_size: int = 16,
+    row_ids: list[int] | None = None,
 ) -> PolicyEvaluation:
     """Sample one completion per prompt (text or messages), score it, and measure KL to
-    `reference` (a causal LM with the same tokenizer; None: KL reported as 0)."""
-    from alignkit.methods.rl import build_batch, completion_logps
-
+    the reference: `reference` (a causal LM with the same tokenizer), or `model` itself
+    inside `reference_context()` (e.g. a LoRA policy with its adapter disabled); neither:
+    KL reported as 0. Prompt i is sampled with seed `row_seed(settings.seed, row_ids[i])`
+    (default row_ids: 0, 1, ...), so a shard of a prompt list, given the prompts' places in
+    the whole list, samples what the whole list would."""
     encoder = ChatEncoder(tokenizer)
     eos, pad = encoder.stop_token_ids, pad_token_id(tokenizer)
     temperature = settings.temperature if settings.temperature > 0 else 1.0
     policy_logps = CausalLMLogps(model, temperature=temperature)
-    ref_logps = CausalLMLogps(reference, temperature=temperature) if reference is not None else None
+    if reference is not None:
+        ref_logps, reference_context = CausalLMLogps(reference, temperature=temperature), None
+    else:
+        ref_logps = policy_logps if reference_context is not None else None
     device = next(model.parameters()).device
     scores, kls, lengths, samples = [], [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         ids = [encoder.encode_prompt(p) for p in chunk]
-        step_settings = SamplingSettings(
-            **{**vars(settings), "seed": None if settings.seed is None else settings.seed + start}
+        seeds = None
+        if settings.seed is not None:
+            ids_of_rows = row_ids or range(len(prompts))
+            seeds = [row_seed(settings.seed, ids_of_rows[start + i]) for i in range(len(chunk))]
+        rollout = sample(
+            model, ids, settings, eos_ids=eos, pad_id=pad, tokenizer=tokenizer, row_seeds=seeds
         )
-        rollout = sample(model, ids, step_settings, eos_ids=eos, pad_id=pad, tokenizer=tokenizer)
         texts = [t.strip() for t in rollout.texts(tokenizer)]
-        batch_scores = judge.score_batch(chunk, texts)
-        rows = {k: v.to(device) for k, v in build_batch(rollout, ids, pad).items()}
+        batch_scores = [float(x) for x in judge.score_batch(chunk, texts)]
+        rows = {k: v.to(device) for k, v in completion_rows(rollout, ids, pad).items()}
+        batch_kls = [0.0] * len(chunk)
         if ref_logps is not None:
             mine = completion_logps(policy_logps, rows)
-            theirs = completion_logps(ref_logps, rows)
-            kls.extend(((mine - theirs) * rows["mask"]).sum(-1).tolist())
-        lengths.extend(rollout.completion_mask.sum(-1).tolist())
+            with reference_context() if reference_context else contextlib.nullcontext():
+                theirs = completion_logps(ref_logps, rows)
+            batch_kls = ((mine - theirs) * rows["mask"]).sum(-1).tolist()
+            kls.extend(batch_kls)
+        batch_lengths = rollout.completion_mask.sum(-1).tolist()
+        lengths.extend(batch_lengths)
         scores.extend(batch_scores)
         samples.extend(
-            {"prompt": p, "completion": t, "score": s}
-            for p, t, s in zip(chunk, texts, batch_scores, strict=True)
+            {"prompt": p, "completion": t, "score": s, "kl": k, "length": n}
+            for p, t, s, k, n in zip(
+                chunk, texts, batch_scores, batch_kls, batch_lengths, strict=True
+            )
         )
     values = torch.tensor(scores, dtype=torch.float64)
     sem = float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0

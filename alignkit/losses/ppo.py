@@ -22,21 +22,32 @@ from __future__ import annotations
 
 import torch
 
-from alignkit.ops.stats import masked_mean
+from alignkit.ops.stats import masked_mean, masked_var
 
 Tensor = torch.Tensor
 
 
+def _k1(log_ratio: Tensor) -> Tensor:
+    return -log_ratio
+
+
+def _k2(log_ratio: Tensor) -> Tensor:
+    return 0.5 * log_ratio**2
+
+
+def _k3(log_ratio: Tensor) -> Tensor:
+    return torch.expm1(log_ratio) - log_ratio
+
+
+# Each estimator maps log r = log pi_ref - log pi (per sampled token) to its KL term.
+KL_ESTIMATORS = {"k1": _k1, "k2": _k2, "k3": _k3}
+
+
 def kl_estimate(logps: Tensor, ref_logps: Tensor, kind: str = "k1") -> Tensor:
     """Per-token KL(pi || pi_ref) estimate at sampled tokens; shapes as the inputs."""
-    log_ratio = ref_logps - logps  # log r
-    if kind == "k1":
-        return -log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio**2
-    if kind == "k3":
-        return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"kind must be 'k1', 'k2' or 'k3', got {kind!r}")
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"kind must be one of {', '.join(KL_ESTIMATORS)}, got {kind!r}")
+    return KL_ESTIMATORS[kind](ref_logps - logps)
 
 
 def token_rewards(
@@ -70,19 +81,21 @@ def gae(
 def policy_loss(
     logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate, averaged over real tokens. Metrics: policy/approxkl
-    (mean 0.5 (log ratio)^2), policy/clipfrac (share of tokens whose ratio left the clip
-    range in the direction the clip stops)."""
+    """Clipped surrogate per token, (B, T), zero where `mask` is 0: max(-A rho,
+    -A clip(rho, 1-c, 1+c)) with rho = exp(logps - old_logps). Metrics (means over real
+    tokens): policy/approxkl (0.5 (log rho)^2), policy/clipfrac (share of tokens whose
+    ratio left the clip range in the direction the clip stops)."""
+    mask = mask.to(logps.dtype)
     log_ratio = logps - old_logps
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    losses = torch.maximum(unclipped, clipped) * mask
     metrics = {
         "policy/approxkl": masked_mean(0.5 * log_ratio.detach() ** 2, mask),
         "policy/clipfrac": masked_mean((clipped > unclipped).float().detach(), mask),
     }
-    return loss, metrics
+    return losses, metrics
 
 
 def grpo_loss(
@@ -96,8 +109,8 @@ def grpo_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO objective (Shao et al. 2024, Eq. 3), negated: per token
     -min(rho A, clip(rho) A) + beta * k3(pi || pi_ref), averaged over each completion's
-    tokens, then over completions. advantages: (B,), one per completion. Returns the
-    per-completion losses (B,) and metrics."""
+    tokens. advantages: (B,), one per completion. Returns the per-completion losses (B,)
+    and metrics (means over real tokens)."""
     mask = mask.to(logps.dtype)
     log_ratio = logps - old_logps
     ratio = torch.exp(log_ratio)
@@ -119,21 +132,20 @@ def grpo_loss(
 def value_loss(
     values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped value loss, averaged over real tokens. Metric: value/clipfrac."""
+    """Clipped value loss per token, (B, T), zero where `mask` is 0:
+    0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2). Metric: value/clipfrac."""
+    mask = mask.to(values.dtype)
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
-    losses = torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
-    loss = 0.5 * masked_mean(losses, mask)
+    losses = 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2) * mask
     clipfrac = masked_mean(
         ((clipped_values - returns) ** 2 > (values - returns) ** 2).float(), mask
     )
-    return loss, {"value/clipfrac": clipfrac.detach()}
+    return losses, {"value/clipfrac": clipfrac.detach()}
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """1 - Var(returns - values) / Var(returns) over real tokens (1 is perfect, <= 0 is
     no better than a constant)."""
-    from alignkit.ops.stats import masked_var
-
     residual = masked_var(returns - values, mask)
     return 1 - residual / masked_var(returns, mask).clamp(min=1e-8)
 

@@ -16,6 +16,7 @@ from alignkit.data.templating import pad_token_id
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import load_model, load_tokenizer
 from alignkit.models.lora import apply_lora
+from alignkit.train.run import check_output_dir
 
 log = logging.getLogger("alignkit")
 
@@ -39,6 +40,7 @@ def prepare(config):
         from alignkit.config import ConfigError
 
         raise ConfigError("data is required: data=path/to/train.jsonl")
+    check_output_dir(config)  # before any expensive preparation
     seed_everything(config.seed)
     return load_trainable_model(config)
 

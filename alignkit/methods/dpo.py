@@ -23,7 +23,8 @@ from alignkit.methods.common import build_collator, load_encoded, prepare
 from alignkit.methods.reference import reference_table
 from alignkit.ops.attention import uses_packed_attention
 from alignkit.ops.logprobs import CausalLMLogps, sequence_logps, sequence_stats
-from alignkit.train.loop import TrainResult, train
+from alignkit.train.loop import train
+from alignkit.train.run import TrainResult
 
 log = logging.getLogger("alignkit")
 

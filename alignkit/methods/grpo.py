@@ -1,12 +1,17 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): group-normalised advantages, no critic, and
-the KL to the reference as a k3 term in the loss (weight `beta`) instead of the reward."""
+the KL to the reference as a k3 term in the loss (weight `beta`) instead of the reward.
+
+The loss is a sum over completions of each completion's token mean (the paper's
+1/G sum_i 1/|o_i| sum_t), so the step's units are completions.
+"""
 
 from __future__ import annotations
 
+import torch
+
 from alignkit.config import GRPOConfig
 from alignkit.losses.ppo import grpo_advantages, grpo_loss
-from alignkit.methods.rl import PolicyGradientRun, completion_logps
-from alignkit.train.loop import TrainResult
+from alignkit.train.run import TrainResult
 
 
 class GRPO:
@@ -16,26 +21,30 @@ class GRPO:
         self.config = config
         self.group = config.num_generations
 
-    def prepare(self, run, batch, old, ref, values, kl, rewards) -> dict:
-        advantages = grpo_advantages(rewards.view(-1, self.group)).reshape(-1)
-        return {"old": old, "ref": ref, "advantages": advantages, "metrics": {}}
+    def targets(self, rollout, sum_fn) -> tuple[dict[str, torch.Tensor], dict]:
+        """Group-normalised advantages (R,) of the rewards; the reference log-probs ride
+        along for the loss's KL term. Groups never span processes."""
+        advantages = grpo_advantages(rollout.rewards.view(-1, self.group)).reshape(-1)
+        return {"old_logps": rollout.old, "ref_logps": rollout.ref, "advantages": advantages}, {}
 
-    def loss(self, run, part, prepared, which, minibatch_tokens):
-        mask = part["mask"]
-        device = mask.device
-        logps = completion_logps(run.policy_logps, part)
+    @staticmethod
+    def units(batch: dict) -> float:
+        return float(len(batch["mask"]))
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
         losses, metrics = grpo_loss(
-            logps,
-            prepared["old"][which].to(device),
-            prepared["ref"][which].to(device),
-            prepared["advantages"][which].to(device),
-            mask,
+            outputs["logps"],
+            batch["old_logps"],
+            batch["ref_logps"],
+            batch["advantages"],
+            batch["mask"],
             clip=self.config.cliprange,
             beta=self.config.beta,
         )
-        minibatch_rows = len(prepared["advantages"]) // self.config.num_minibatches
-        return losses.sum() / minibatch_rows, {**metrics, "loss": losses.mean().detach()}
+        return losses.sum(), {**metrics, "policy/loss": losses.detach().mean()}
 
 
 def run_grpo(config: GRPOConfig) -> TrainResult:
-    return PolicyGradientRun(config, GRPO(config)).run()
+    from alignkit.methods.rl import run_policy_gradient
+
+    return run_policy_gradient(config, GRPO(config))

@@ -27,7 +27,8 @@ from alignkit.losses.preference import kto_loss
 from alignkit.methods.common import build_collator, prepare
 from alignkit.methods.reference import compute_sequence_stats, reference_table
 from alignkit.ops.logprobs import CausalLMLogps, sequence_logps, sequence_stats
-from alignkit.train.loop import TrainResult, save_final, train
+from alignkit.train.loop import train
+from alignkit.train.run import TrainResult, save_final
 
 log = logging.getLogger("alignkit")
 

@@ -2,8 +2,13 @@
 
 Per-token KL penalty folded into the reward, GAE advantages (whitened over the rollout
 batch), clipped policy loss, clipped value loss with a separate critic, several epochs
-over minibatches per rollout batch, optional PPO-ptx term. The shared loop lives in
-`alignkit.methods.rl`.
+over minibatches per rollout batch, optional PPO-ptx term (InstructGPT, Eq. 2). The
+rollout phase and the optimizer steps live in `alignkit.methods.rl`; this file holds
+what is PPO's own: its targets and its loss, both pure functions of tensors.
+
+The loss is a sum over completion tokens (the step's units): policy and value terms
+are token means over the whole optimizer step however it is split into micro-batches
+or processes, and the ptx term is the mean NLL over the step's ptx tokens.
 """
 
 from __future__ import annotations
@@ -12,10 +17,8 @@ import torch
 
 from alignkit.config import PPOConfig
 from alignkit.losses.ppo import explained_variance, gae, policy_loss, token_rewards, value_loss
-from alignkit.methods.rl import PolicyGradientRun, completion_logps, completion_values
-from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps
-from alignkit.ops.stats import masked_whiten
-from alignkit.train.loop import TrainResult
+from alignkit.ops.stats import masked_mean, masked_whiten
+from alignkit.train.run import TrainResult
 
 
 class PPO:
@@ -24,84 +27,71 @@ class PPO:
 
     def __init__(self, config: PPOConfig):
         self.config = config
-        self.ptx_examples: list[dict] = []
-        self.ptx_cursor = 0
-        self.ptx_logps = None
 
-    def prepare(self, run, batch, old, ref, values, kl, rewards) -> dict:
-        # GAE needs the reward per token (KL penalty at every token, score at the last),
-        # not the per-completion `rewards` that RLOO and GRPO use.
-        config = self.config
-        mask = batch.mask
-        per_token, non_score = token_rewards(batch.scores, kl, mask, run.kl_controller.value)
-        advantages, returns = gae(per_token, values, mask, config.gamma, config.lam)
+    def targets(self, rollout, sum_fn) -> tuple[dict[str, torch.Tensor], dict]:
+        """GAE on the per-token reward (-kl_coef x KL at every token, the score at the
+        last), whitened over the rollout batch of every process. Per-row tensors (R, C):
+        old log-probs, old values, advantages, returns."""
+        config, mask = self.config, rollout.mask
+        per_token, non_score = token_rewards(rollout.scores, rollout.kl, mask, rollout.kl_coef)
+        advantages, returns = gae(per_token, rollout.values, mask, config.gamma, config.lam)
         if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        return {
-            "old": old,
-            "values": values,
+            advantages = masked_whiten(advantages, mask, sum_fn=sum_fn)
+        metrics = {
+            "value/explained_var": explained_variance(rollout.values, returns, mask),
+            "objective/non_score_reward": non_score.sum(-1).mean(),
+        }
+        per_row = {
+            "old_logps": rollout.old,
+            "old_values": rollout.values,
             "advantages": advantages,
             "returns": returns,
-            "metrics": {
-                "value/explained_var": float(explained_variance(values, returns, mask)),
-                "objective/non_score_reward": float(non_score.sum(-1).mean()),
-            },
         }
+        return per_row, metrics
 
-    def loss(self, run, part, prepared, which, minibatch_tokens):
-        config = self.config
-        device = part["mask"].device
-        mask = part["mask"]
-        share = float(mask.sum()) / minibatch_tokens  # this micro-batch's share of the tokens
-        logps = completion_logps(run.policy_logps, part)
-        pick = {
-            k: prepared[k][which].to(device) for k in ("old", "values", "advantages", "returns")
+    @staticmethod
+    def units(batch: dict) -> float:
+        return float(batch["mask"].sum())
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Summed over the batch's completion tokens: clipped surrogate + vf_coef x
+        clipped value loss (+ ptx_coef x the ptx NLL, scaled to the step's ptx mean)."""
+        config, mask = self.config, batch["mask"]
+        p_losses, metrics = policy_loss(
+            outputs["logps"], batch["old_logps"], batch["advantages"], mask, config.cliprange
+        )
+        v_losses, v_metrics = value_loss(
+            outputs["values"], batch["old_values"], batch["returns"], mask, config.cliprange_value
+        )
+        total = p_losses.sum() + config.vf_coef * v_losses.sum()
+        metrics = {
+            **metrics,
+            **v_metrics,
+            "policy/loss": masked_mean(p_losses.detach(), mask),
+            "value/loss": masked_mean(v_losses.detach(), mask),
         }
-        p_loss, metrics = policy_loss(
-            logps, pick["old"], pick["advantages"], mask, config.cliprange
-        )
-        values = completion_values(run.values, part)
-        v_loss, v_metrics = value_loss(
-            values, pick["values"], pick["returns"], mask, config.cliprange_value
-        )
-        total = (p_loss + config.vf_coef * v_loss) * share
-        metrics = {**metrics, **v_metrics, "loss": p_loss.detach(), "value/loss": v_loss.detach()}
-        if config.ptx_coef and self.ptx_examples:
-            ptx = self._ptx_loss(run)
-            total = total + config.ptx_coef * ptx * share
-            metrics["ptx/loss"] = ptx.detach()
+        if "ptx" in batch:
+            total = total + config.ptx_coef * batch["ptx_scale"] * outputs["ptx_nll"]
+            tokens = (batch["ptx"]["labels"][:, 1:] != -100).sum().clamp(min=1)
+            metrics["ptx/loss"] = outputs["ptx_nll"].detach() / tokens
         return total, metrics
 
-    def _ptx_loss(self, run) -> torch.Tensor:
-        """Mean token NLL of the next micro-batch of SFT examples (cycling)."""
-        from alignkit.data.collators import PackingCollator
-
-        size = run.config.micro_batch
-        chosen = [
-            self.ptx_examples[(self.ptx_cursor + i) % len(self.ptx_examples)] for i in range(size)
-        ]
-        self.ptx_cursor = (self.ptx_cursor + size) % len(self.ptx_examples)
-        batch = {k: v.to(run.device) for k, v in PackingCollator()(chosen).items()}
-        logps, mask, _ = batch_token_logps(self.ptx_logps, batch)
-        return -logps.sum() / mask.sum().clamp(min=1)
-
-    def attach(self, run) -> None:
-        if not self.config.ptx_data:
-            return
+    def ptx_examples(self, encoder) -> list[dict]:
+        """Encoded SFT examples of `ptx_data` for the PPO-ptx term ([] when off)."""
+        if not (self.config.ptx_data and self.config.ptx_coef):
+            return []
         from alignkit.methods.common import load_encoded
 
         def encode(record):
-            encoded = run.encoder.encode_sft(record)
+            encoded = encoder.encode_sft(record)
             return encoded.features() if encoded is not None else None
 
-        self.ptx_examples = load_encoded(
+        return load_encoded(
             self.config.ptx_data, "sft", encode, self.config, rejects_name="ptx_rejects.jsonl"
         )
-        self.ptx_logps = CausalLMLogps(run.model.policy)
 
 
 def run_ppo(config: PPOConfig) -> TrainResult:
-    algorithm = PPO(config)
-    run = PolicyGradientRun(config, algorithm)
-    algorithm.attach(run)
-    return run.run()
+    from alignkit.methods.rl import run_policy_gradient
+
+    return run_policy_gradient(config, PPO(config))

@@ -41,7 +41,8 @@ from alignkit.models.reward import (
     score_positions,
     score_sequences,
 )
-from alignkit.train.loop import TrainResult, save_final, train
+from alignkit.train.loop import train
+from alignkit.train.run import TrainResult, check_output_dir, save_final
 
 log = logging.getLogger("alignkit")
 
@@ -245,6 +246,7 @@ def run_rm(config: RewardConfig) -> TrainResult:
         from alignkit.config import ConfigError
 
         raise ConfigError("data is required: data=path/to/preferences.jsonl")
+    check_output_dir(config)  # before any expensive preparation
     seed_everything(config.seed)
     tokenizer = copy.deepcopy(load_tokenizer(config.model))
     model = load_reward_model(

@@ -2,15 +2,18 @@
 
 Each prompt gets K completions; a completion's reward is its score minus the KL penalty
 (summed over its tokens), and its advantage is that reward minus the mean reward of the
-other K-1. The loss is the clipped surrogate with that advantage at every token.
+other K-1. The loss is the clipped surrogate with that advantage at every token, summed
+over completion tokens (a token mean over the optimizer step).
 """
 
 from __future__ import annotations
 
+import torch
+
 from alignkit.config import RLOOConfig
 from alignkit.losses.ppo import policy_loss, rloo_advantages
-from alignkit.methods.rl import PolicyGradientRun, completion_logps
-from alignkit.train.loop import TrainResult
+from alignkit.ops.stats import masked_mean
+from alignkit.train.run import TrainResult
 
 
 class RLOO:
@@ -20,27 +23,29 @@ class RLOO:
         self.config = config
         self.group = config.num_generations
 
-    def prepare(self, run, batch, old, ref, values, kl, rewards) -> dict:
-        advantages = rloo_advantages(rewards.view(-1, self.group)).reshape(-1)
-        return {
-            "old": old,
-            "advantages": advantages[:, None] * batch.mask,
-            "metrics": {"objective/advantage_std": float(advantages.std())},
-        }
+    def targets(self, rollout, sum_fn) -> tuple[dict[str, torch.Tensor], dict]:
+        """Leave-one-out advantages of the RLHF rewards within each prompt's group, at
+        every token of the completion. Groups never span processes."""
+        advantages = rloo_advantages(rollout.rewards.view(-1, self.group)).reshape(-1)
+        per_row = {"old_logps": rollout.old, "advantages": advantages[:, None] * rollout.mask}
+        return per_row, {}
 
-    def loss(self, run, part, prepared, which, minibatch_tokens):
-        mask = part["mask"]
-        device = mask.device
-        logps = completion_logps(run.policy_logps, part)
-        loss, metrics = policy_loss(
-            logps,
-            prepared["old"][which].to(device),
-            prepared["advantages"][which].to(device),
-            mask,
+    @staticmethod
+    def units(batch: dict) -> float:
+        return float(batch["mask"].sum())
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
+        losses, metrics = policy_loss(
+            outputs["logps"],
+            batch["old_logps"],
+            batch["advantages"],
+            batch["mask"],
             self.config.cliprange,
         )
-        return loss * (float(mask.sum()) / minibatch_tokens), {**metrics, "loss": loss.detach()}
+        return losses.sum(), {**metrics, "policy/loss": masked_mean(losses.detach(), batch["mask"])}
 
 
 def run_rloo(config: RLOOConfig) -> TrainResult:
-    return PolicyGradientRun(config, RLOO(config)).run()
+    from alignkit.methods.rl import run_policy_gradient
+
+    return run_policy_gradient(config, RLOO(config))

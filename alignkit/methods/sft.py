@@ -14,7 +14,8 @@ from alignkit.config import SFTConfig
 from alignkit.data.templating import ChatEncoder
 from alignkit.methods.common import build_collator, load_encoded, prepare
 from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps
-from alignkit.train.loop import TrainResult, train
+from alignkit.train.loop import train
+from alignkit.train.run import TrainResult
 
 log = logging.getLogger("alignkit")
 

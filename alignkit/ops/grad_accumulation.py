@@ -16,7 +16,7 @@ embedding adds only the rows of the batch's tokens (`index_add_`). The same idea
 Megatron-LM's `gradient_accumulation_fusion` (linear layers accumulating into `main_grad`).
 
 When it applies: gradients are accumulated by `.backward()` into an already allocated
-float32 `param.grad` (`alignkit.train.optim.allocate_state`), in one process. Autograd
+float32 `param.grad` (`alignkit.train.memory.allocate_state`), in one process. Autograd
 never sees a fused weight's gradient (hooks on the weight receive None), so
 DistributedDataParallel, which reduces gradients as autograd delivers them, would miss
 it: the training loop turns fusion off under torchrun, and `torch.autograd.grad` must not
@@ -31,12 +31,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Parameters whose gradient a fused kernel added into `.grad` since the training step
+# last cleared this set. Autograd's hooks never see these writes, and the optimizer step
+# must know which parameters got a gradient (`alignkit.train.memory.MemoryPlan`).
+# Kept as `id(param)`: tensors compare elementwise, so they cannot be set members.
+_WRITTEN_IN_PLACE: set[int] = set()
+
+
+def written_in_place() -> set[int]:
+    """`id`s of the parameters that received a fused in-place gradient since the last
+    `.clear()`."""
+    return _WRITTEN_IN_PLACE
+
 
 def accumulation_target(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """`param.grad` if a gradient of `dtype` can be added into it in place, else None."""
+    """`param.grad` if a gradient of `dtype` can be added into it in place (the caller
+    then must), else None."""
     grad = param.grad
     if grad is None or not param.is_leaf or grad.dtype != dtype or grad.layout != torch.strided:
         return None
+    _WRITTEN_IN_PLACE.add(id(param))
     return grad
 
 

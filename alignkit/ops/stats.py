@@ -6,6 +6,8 @@ where the mask is 0: padding after a completion's end must not move a mean or a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -35,12 +37,23 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    sum_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(values - mean) / std over masked-in positions; with `shift_mean=False` the mean is
-    added back (rescaling only). Masked-out positions come back as 0."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    """(values - mean) / std over masked-in positions (Bessel-corrected variance); with
+    `shift_mean=False` the mean is added back (rescaling only). Masked-out positions come
+    back as 0. `sum_fn` turns local sums into global ones (e.g. summed over processes), so
+    shards of a batch are whitened with the statistics of the whole batch."""
+    total = sum_fn or (lambda tensor: tensor)
+    weights = mask.to(values.dtype)
+    value_sum, count = total(torch.stack([(values * weights).sum(), weights.sum()]))
+    mean = value_sum / count.clamp(min=1)
+    squares = total(((values - mean) ** 2 * weights).sum())
+    variance = squares / (count - 1) if count >= 2 else torch.zeros_like(squares)
     whitened = (values - mean) * torch.rsqrt(variance + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask.to(values.dtype)
+    return whitened * weights

@@ -5,6 +5,12 @@ attention mask hides the pads and position ids count real tokens only, so a prom
 the same continuation distribution whatever it is batched with. Each step feeds only the
 newly sampled tokens through the cache.
 
+Seeded sampling gives every row its own random stream (a generator per row, seeded from
+`row_seeds` or from `settings.seed` and the row number) and draws by the Gumbel-max trick
+(argmax of log-probs plus Gumbel noise: an exact sample). A completion is then a function
+of its prompt and its seed alone, not of the rows it is batched with, so a rollout split
+over processes or micro-batches samples the same tokens (up to float rounding).
+
 Returned log-probs are those of the distribution the token was drawn from before top-k /
 top-p truncation: log softmax(logits / temperature) (plain log softmax when greedy), the
 "old" log-probs PPO's ratio needs when the policy is evaluated at the same temperature.
@@ -24,7 +30,7 @@ class SamplingSettings:
     """max_new_tokens: completion length cap. temperature: 0 = greedy, > 0 samples.
     top_p / top_k: nucleus / top-k filtering (1.0 / 0 = off). stop_strings: end a
     completion once its text contains one (the token completing it is kept). seed: makes
-    sampling repeatable (a private generator; the global RNG is untouched)."""
+    sampling repeatable (private generators, one per row; the global RNG is untouched)."""
 
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -98,9 +104,11 @@ def sample(
     eos_ids: set[int] | int,
     pad_id: int,
     tokenizer=None,
+    row_seeds: list[int] | None = None,
 ) -> Rollout:
     """Sample one completion per prompt (token-id lists). `tokenizer` is needed only
-    for `stop_strings`."""
+    for `stop_strings`. `row_seeds` (one per prompt) override `settings.seed`, whose row
+    i otherwise gets seed `row_seed(settings.seed, i)`."""
     if settings.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer")
     eos = torch.tensor(sorted({eos_ids} if isinstance(eos_ids, int) else set(eos_ids)))
@@ -109,10 +117,14 @@ def sample(
     input_ids = batch["input_ids"].to(device)
     attention = batch["attention_mask"].to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    generator = None
-    if settings.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(settings.seed)
     rows = len(prompts)
+    if row_seeds is None and settings.seed is not None:
+        row_seeds = [row_seed(settings.seed, i) for i in range(rows)]
+    generators = None
+    if row_seeds is not None:
+        if len(row_seeds) != rows:
+            raise ValueError(f"{len(row_seeds)} row_seeds for {rows} prompts")
+        generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
     tokens, logps = [], []
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     alive = torch.ones(rows, dtype=torch.bool, device=device)  # still producing tokens
@@ -137,7 +149,7 @@ def sample(
             )
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
-            token, logp = _draw(logits, settings, generator)
+            token, logp = _draw(logits, settings, generators)
             token = torch.where(alive, token, torch.full_like(token, pad_id))
             tokens.append(token)
             logps.append(torch.where(alive, logp, torch.zeros_like(logp)))
@@ -168,14 +180,30 @@ def sample(
     )
 
 
-def _draw(logits: torch.Tensor, settings: SamplingSettings, generator):
+def row_seed(seed: int, row: int) -> int:
+    """The seed of row `row` of a batch sampled with `seed` (a 63-bit mix of the two)."""
+    return (seed * 1_000_003 + row * 7_919 + 1) % (1 << 63)
+
+
+def _draw(logits: torch.Tensor, settings: SamplingSettings, generators):
+    """Next token and its log-prob per row, logits (B, V) -> (B,), (B,)."""
     if settings.temperature == 0:
         token = logits.argmax(-1)
         return token, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
     scaled = logits / settings.temperature
     logp_all = torch.log_softmax(scaled, -1)
     filtered = filter_logits(scaled, settings.top_k, settings.top_p)
-    token = torch.multinomial(filtered.softmax(-1), 1, generator=generator)[:, 0]
+    if generators is None:
+        token = torch.multinomial(filtered.softmax(-1), 1)[:, 0]
+    else:
+        # Gumbel-max: argmax(log p + G), G = -log(-log U), is a sample from p; filtered
+        # tokens stay at -inf. One uniform draw per vocabulary entry from each row's stream.
+        vocab = logits.shape[-1]
+        uniform = torch.stack(
+            [torch.rand(vocab, generator=g, device=logits.device) for g in generators]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))
+        token = (filtered + gumbel).argmax(-1)
     return token, logp_all.gather(-1, token[:, None])[:, 0]
 
 

@@ -21,52 +21,17 @@ the uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from alignkit.config import save_config, to_dict
 from alignkit.data.collators import batch_to
 from alignkit.errors import AlignkitError
-from alignkit.fsutil import atomic_directory
-from alignkit.models.device import bf16_supported, select_device
-from alignkit.models.lora import enable_gradient_checkpointing
-from alignkit.ops.logprobs import set_grad_accumulation_fusion
-from alignkit.train.checkpoint import (
-    TrainerState,
-    capture_rng,
-    prune_checkpoints,
-    resolve_resume,
-    resume_checkpoint,
-    save_checkpoint,
-)
 from alignkit.train.distributed import DistEnv
-from alignkit.train.heap import release_free_heap
-from alignkit.train.metrics import MetricsSink
-from alignkit.train.optim import allocate_state, build_optimizer, build_scheduler
-
-log = logging.getLogger("alignkit.train")
-
-StepFn = Callable[[torch.nn.Module, dict], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
-
-
-class TrainingDiverged(AlignkitError):
-    pass
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    final_dir: Path
-    steps: int
-    last_metrics: dict
+from alignkit.train.run import StepFn, TrainResult, open_run
 
 
 def count_target_tokens(batch: dict) -> int:
@@ -131,18 +96,6 @@ def split_micro_batches(
     return groups
 
 
-def largest_first(groups: list[list], size_fn=example_tokens) -> list[list]:
-    """`groups` ordered by tokens, largest first (stable for equal sizes).
-
-    Why: the largest forward pass sets the memory high-water mark (glibc's heap on CPU,
-    the caching allocator on CUDA). Run first, it claims that memory once and the smaller
-    passes reuse it; run after smaller ones, it must grow around whatever they left in
-    place. On a DPO step of the 135M model this lowered the peak by about 60 MiB. The
-    gradient is a sum over the step's passes, so only the summation order changes.
-    """
-    return sorted(groups, key=lambda group: -sum(size_fn(item) for item in group))
-
-
 def total_steps(config, n_examples: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -171,16 +124,6 @@ def train(
     returns are logged at the last step. `config.micro_batch_tokens`, where the method's
     config has it, caps the tokens of each forward pass (`split_micro_batches`).
     """
-    output_dir = Path(config.output_dir)
-    device = select_device(config.device)
-    dist = DistEnv.from_env(device)
-    device = dist.device_for(device)
-    micro = config.micro_batch
-    if config.batch_size % (micro * dist.world_size):
-        raise AlignkitError(
-            f"batch_size ({config.batch_size}) must be a multiple of micro_batch_size ({micro}) "
-            f"x processes ({dist.world_size})"
-        )
     if not examples:
         raise AlignkitError(
             "no training examples left after encoding; see the truncation report above"
@@ -188,160 +131,72 @@ def train(
     # Only configs of methods whose loss is a sum over examples have the key (not KTO,
     # whose KL estimate is taken over the examples of one forward pass).
     max_tokens = getattr(config, "micro_batch_tokens", None)
-    split = functools.partial(split_micro_batches, micro=micro, max_tokens=max_tokens)
+    split = functools.partial(split_micro_batches, micro=config.micro_batch, max_tokens=max_tokens)
     steps = total_steps(config, len(examples))
-    forward_module = forward_module if forward_module is not None else model
-    forward_module.to(device)
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    runner = forward_module
-    if dist.enabled:
-        runner = torch.nn.parallel.DistributedDataParallel(
-            forward_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = build_optimizer(forward_module, config)
-    scheduler = build_scheduler(optimizer, config, steps)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported(device))
-    autocast = functools.partial(
-        torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16
-    )
-
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "seed": config.seed}
-    state = TrainerState(data_fingerprint=fingerprint)
-    checkpoint = resolve_resume(config.resume, output_dir)
-    if checkpoint is not None:
-        state = resume_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint, dist.rank)
-    else:
-        torch.manual_seed(config.seed)
-    allocate_state(optimizer)
-    # Vocabulary-matrix gradients straight into the allocated .grad (ops/grad_accumulation);
-    # not under DDP, whose reduction hooks need autograd to deliver every gradient.
-    set_grad_accumulation_fusion(forward_module, enabled=not dist.enabled)
-    if dist.is_main:
-        save_config(config, output_dir / "config.yaml")
-        if checkpoint is not None:
-            log.info("resuming from %s (step %d of %d)", checkpoint, state.step, steps)
-    sink = MetricsSink(
-        output_dir,
-        to_dict(config),
-        config.loggers,
-        total_steps=steps,
-        start_step=state.step,
-        enabled=dist.is_main,
-    )
-    last_good = checkpoint
-
-    window = _Window()
-    last_metrics: dict = {}
-    try:
+    with open_run(
+        config, model, total_steps=steps, fingerprint=fingerprint, forward_module=forward_module
+    ) as run:
+        dist, state = run.dist, run.state
+        check_divisible(config.batch_size, config.micro_batch, dist.world_size)
+        window = MetricWindow(start_tokens=state.tokens_seen)
+        last_metrics: dict = {}
         while state.step < steps:
-            indices = step_indices(state.step, config.batch_size, len(examples), config.seed)[
-                dist.rank :: dist.world_size
-            ]
-            batches = [
-                collate_fn(group) for group in largest_first(split([examples[i] for i in indices]))
-            ]
-            # Counted on the host-side batches, before transfer: no device sync per micro-batch.
-            micro_units = [float(units_fn(b)) for b in batches]
+            indices = step_indices(state.step, config.batch_size, len(examples), config.seed)
+            mine = [examples[i] for i in indices[dist.rank :: dist.world_size]]
+            batches = [collate_fn(group) for group in run.memory.order(split(mine), example_tokens)]
             state.tokens_seen += sum(count_tokens(b) for b in batches) * dist.world_size
-            units = dist.sum(torch.tensor(sum(micro_units), device=device))
-            runner.train()
-            loss_sum = torch.zeros((), device=device)
-            metric_sums: dict[str, torch.Tensor] = {}
-            for i, batch in enumerate(batches):
-                last = i == len(batches) - 1
-                sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-                batch = batch_to(batch, device)
-                if device.type == "cpu":
-                    release_free_heap()
-                with sync:
-                    with autocast():
-                        micro_loss, metrics = step_fn(runner, batch)
-                    # DDP averages gradients over processes; scale so the result is the
-                    # gradient of (sum over every unit of the step) / units.
-                    (micro_loss * dist.world_size / units).backward()
-                loss_sum += micro_loss.detach().float()
-                for key, value in metrics.items():
-                    metric_sums[key] = (
-                        metric_sums.get(key, 0.0) + value.detach().float() * micro_units[i]
-                    )
-            global_loss_sum = dist.sum(loss_sum)
-            step_loss = global_loss_sum / units
-            max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(forward_module.parameters(), max_norm)
-            # One host sync per optimizer step: never let a non-finite loss reach the weights.
-            loss_value, norm_value = step_loss.item(), float(grad_norm)
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                raise TrainingDiverged(
-                    f"loss {loss_value} / grad_norm {norm_value} at step {state.step + 1}: stopped before "
-                    f"updating the weights. Last good checkpoint: {last_good or 'none'} (resume=auto "
-                    f"continues from it). Try a lower learning_rate or a smaller max_grad_norm."
-                )
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=False)  # kept allocated: see allocate_state
-            state.step += 1
-            window.add(global_loss_sum, units, metric_sums, tokens=state.tokens_seen)
-
+            outcome = run.optimizer_step(batches, step_fn, [float(units_fn(b)) for b in batches])
+            window.add(
+                outcome.loss_sum, outcome.units, outcome.metric_sums, tokens=state.tokens_seen
+            )
             logged = None
-            if state.step % config.log_every == 0 or state.step == steps:
+            done = state.step + 1
+            if done % config.log_every == 0 or done == steps:
                 logged = {
                     **window.summary(dist),
-                    "lr": lr,
-                    "grad_norm": norm_value,
-                    "epoch": state.step * config.batch_size / len(examples),
+                    "lr": outcome.lr,
+                    "grad_norm": outcome.grad_norm,
+                    "epoch": done * config.batch_size / len(examples),
                 }
-                window = _Window(start_tokens=state.tokens_seen)
+                window = MetricWindow(start_tokens=state.tokens_seen)
             if (
                 eval_examples
                 and config.eval_every
-                and state.step % config.eval_every == 0
-                and state.step != steps
+                and done % config.eval_every == 0
+                and done != steps
             ):
                 logged = {
                     **(logged or {}),
-                    **evaluate(
-                        runner,
-                        eval_examples,
-                        collate_fn,
-                        step_fn,
-                        split,
-                        device,
-                        autocast,
-                        units_fn,
-                        dist,
-                    ),
+                    **evaluate(run, eval_examples, collate_fn, step_fn, split, units_fn),
                 }
             if logged is not None:
                 last_metrics = logged
-            sink.step(state.step, logged)
-            if config.save_every and state.step % config.save_every == 0 and state.step != steps:
-                last_good = _save(output_dir, model, optimizer, scheduler, state, config, dist)
-                sink.message(f"saved {last_good}")
+            run.finish_step(logged)
         if eval_examples:
-            final_eval = evaluate(
-                runner, eval_examples, collate_fn, step_fn, split, device, autocast, units_fn, dist
-            )
+            final_eval = evaluate(run, eval_examples, collate_fn, step_fn, split, units_fn)
             last_metrics = {**last_metrics, **final_eval}
-            sink.step(state.step, final_eval, advance=False)
-        final_dir = output_dir / "final"
-        if dist.is_main:
-            if finalize is None:
-                save_final(model, tokenizer, final_dir, merge_lora=config.merge_lora)
-            else:
-                final_metrics = finalize(model, tokenizer, final_dir) or {}
-                if final_metrics:
-                    last_metrics = {**last_metrics, **final_metrics}
-                    sink.step(state.step, final_metrics, advance=False)
-            sink.message(f"wrote {final_dir}")
-        dist.barrier()
-    finally:
-        sink.close()
-    return TrainResult(output_dir, output_dir / "final", state.step, last_metrics)
+            run.sink.step(state.step, final_eval, advance=False)
+        if finalize is None:
+            run.save_final(tokenizer)
+        elif dist.is_main:
+            final_metrics = finalize(model, tokenizer, run.output_dir / "final") or {}
+            if final_metrics:
+                last_metrics = {**last_metrics, **final_metrics}
+                run.sink.step(state.step, final_metrics, advance=False)
+            run.sink.message(f"wrote {run.output_dir / 'final'}")
+        return run.result(last_metrics)
 
 
-class _Window:
+def check_divisible(batch_size: int, micro: int, world_size: int) -> None:
+    if batch_size % (micro * world_size):
+        raise AlignkitError(
+            f"batch_size ({batch_size}) must be a multiple of micro_batch_size ({micro}) "
+            f"x processes ({world_size})"
+        )
+
+
+class MetricWindow:
     """What happened since the last log line, kept as device tensors: metrics are summed
     over processes and copied to the host once per log line, not once per step."""
 
@@ -382,21 +237,20 @@ class _Window:
 
 
 @torch.no_grad()
-def evaluate(
-    runner, examples, collate_fn, step_fn, split, device, autocast, units_fn, dist
-) -> dict[str, float]:
+def evaluate(run, examples, collate_fn, step_fn, split, units_fn) -> dict[str, float]:
     """Loss (and step_fn metrics) over `examples`, each process taking its shard, in the
     forward passes `split(examples) -> groups` forms."""
+    runner, device, dist = run.runner, run.device, run.dist
     runner.eval()
     shard = list(examples)[dist.rank :: dist.world_size]
     totals = torch.zeros(2, device=device)  # loss_sum, units
     metric_sums: dict[str, torch.Tensor] = {}
     for group in split(shard):
         batch = collate_fn(group)
-        batch = batch_to(batch, device)
-        with autocast():
-            loss_sum, metrics = step_fn(runner, batch)
         units = float(units_fn(batch))
+        batch = batch_to(batch, device)
+        with run.autocast():
+            loss_sum, metrics = step_fn(runner, batch)
         totals += torch.stack([loss_sum.float(), torch.tensor(units, device=device)])
         for key, value in metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + value.float() * units
@@ -406,29 +260,3 @@ def evaluate(
     for key, value in metric_sums.items():
         out[f"eval/{key}"] = float(dist.sum(torch.as_tensor(value, device=device))) / units
     return out
-
-
-def _save(output_dir, module, optimizer, scheduler, state, config, dist) -> Path | None:
-    rng_states = dist.gather_objects(capture_rng())
-    path = None
-    if dist.is_main:
-        path = save_checkpoint(output_dir, module, optimizer, scheduler, state, rng_states)
-        prune_checkpoints(output_dir, config.keep_last)
-    dist.barrier()
-    return path
-
-
-def save_final(model, tokenizer, final_dir: Path, *, merge_lora: bool = False) -> None:
-    """`final/`: a folder `from_pretrained` loads (for LoRA: the adapter, and optionally
-    `final/merged/` with the adapter merged into the base weights)."""
-    with atomic_directory(final_dir, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if merge_lora and hasattr(model, "merge_and_unload"):
-            import copy
-
-            merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(tmp / "merged")
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp / "merged")

@@ -13,8 +13,9 @@ from alignkit.models import load_model
 from alignkit.ops.logprobs import CausalLMLogps
 from alignkit.train import checkpoint as checkpoint_module
 from alignkit.train.checkpoint import list_checkpoints, load_checkpoint
-from alignkit.train.loop import TrainingDiverged, train
-from alignkit.train.optim import build_optimizer, build_scheduler
+from alignkit.train.loop import train
+from alignkit.train.optim import build_optimizer, build_scheduler, parameter_groups
+from alignkit.train.run import TrainingDiverged
 from tests.conftest import read_metrics
 
 
@@ -220,7 +221,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(
         "step-1"
     ]  # no half-written folder
     model = load_model(tiny_model_dir)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(parameter_groups(model, config.weight_decay), config)
     state = load_checkpoint(
         list_checkpoints(run)[-1], model, optimizer, build_scheduler(optimizer, config, 3)
     )
