@@ -95,12 +95,13 @@ def test_token_rewards_put_the_score_on_the_last_real_token():
 def test_clipped_policy_loss():
     """clip 0.2. ratio 1.5, A=+1: max(-1.5, -1.2) = -1.2 (clipped). ratio 0.5, A=+1:
     max(-0.5, -0.8) = -0.5. ratio 1.5, A=-1: max(1.5, 1.2) = 1.5. ratio 0.5, A=-1:
-    max(0.5, 0.8) = 0.8 (clipped). Mean 0.15; clipfrac 0.5;
-    approxkl = 0.5 * mean(log(1.5)^2, log(0.5)^2, ...) = 0.5 * 0.322427 = 0.161214."""
-    old = torch.zeros(1, 4)
-    logps = torch.log(t([1.5, 0.5, 1.5, 0.5]))
-    loss, metrics = policy_loss(logps, old, t([1.0, 1.0, -1.0, -1.0]), torch.ones(1, 4), clip=0.2)
-    assert loss.item() == pytest.approx(0.15, abs=1e-6)
+    max(0.5, 0.8) = 0.8 (clipped). Per token [-1.2, -0.5, 1.5, 0.8], 0 on the padded
+    fifth; clipfrac 0.5; approxkl = 0.5 * mean(log(1.5)^2, log(0.5)^2, ...) = 0.161214."""
+    old = torch.zeros(1, 5)
+    logps = torch.log(t([1.5, 0.5, 1.5, 0.5, 3.0]))
+    mask = t([1, 1, 1, 1, 0])
+    loss, metrics = policy_loss(logps, old, t([1.0, 1.0, -1.0, -1.0, 1.0]), mask, clip=0.2)
+    assert_close(loss, t([-1.2, -0.5, 1.5, 0.8, 0.0]), atol=1e-6, rtol=0)
     assert metrics["policy/clipfrac"].item() == pytest.approx(0.5)
     assert metrics["policy/approxkl"].item() == pytest.approx(0.161214, abs=1e-6)
 
@@ -108,16 +109,16 @@ def test_clipped_policy_loss():
 def test_policy_gradient_is_zero_where_clipped():
     logps = torch.log(t([1.5, 0.5])).requires_grad_()
     loss, _ = policy_loss(logps, torch.zeros(2), t([1.0, 1.0]), torch.ones(2), clip=0.2)
-    loss.backward()
-    # token 0 clipped: no gradient; token 1: d(-ratio * A)/d logp / 2 tokens = -0.5 * 0.5
-    assert_close(logps.grad, t([0.0, -0.25]))
+    loss.sum().backward()
+    # token 0 clipped: no gradient; token 1: d(-ratio * A)/d logp = -ratio * A = -0.5
+    assert_close(logps.grad, t([0.0, -0.5]))
 
 
 def test_clipped_value_loss():
     """V 1.5, old 1.0, R 2.0: max(0.25, (1.2 - 2)^2 = 0.64) = 0.64; V 1.1, old 1.0, R 0:
-    max(1.21, 1.21) = 1.21. Loss 0.5 * mean = 0.4625; clipfrac 0.5."""
+    max(1.21, 1.21) = 1.21. Per token 0.5 x those: [0.32, 0.605]; clipfrac 0.5."""
     loss, metrics = value_loss(t(1.5, 1.1), t(1.0, 1.0), t(2.0, 0.0), t(1.0, 1.0), clip=0.2)
-    assert loss.item() == pytest.approx(0.4625)
+    assert_close(loss, t(0.32, 0.605), atol=1e-6, rtol=0)
     assert metrics["value/clipfrac"].item() == pytest.approx(0.5)
 
 
@@ -166,3 +167,68 @@ def test_grpo_loss_normalises_per_completion():
     assert_close(losses, t(-1.0, 1.0193147), atol=1e-6, rtol=0)
     assert losses.mean().item() == pytest.approx(0.0096574, abs=1e-6)
     assert metrics["policy/clipfrac"].item() == 0.0
+
+
+def rollout_tensors(**fields):
+    from alignkit.methods.rl import RolloutTensors
+
+    base = dict(old=None, ref=None, values=None, kl=None, kl_coef=0.0)
+    return RolloutTensors(**{**base, **fields})
+
+
+def test_ppo_targets_on_a_hand_made_rollout():
+    """One completion of 2 tokens (a padded third): score 1, KL [0.2, 0.4], coef 0.5,
+    values [0.5, 0.3], gamma 1, lambda 0.5, no whitening. Token rewards [-0.1, -0.2 + 1].
+    delta_1 = 0.8 - 0.3 = 0.5 -> A_1 = 0.5; delta_0 = -0.1 + 0.3 - 0.5 = -0.3 ->
+    A_0 = -0.3 + 0.5 * 0.5 = -0.05. Returns A + V = [0.45, 0.8]."""
+    from alignkit.config import PPOConfig
+    from alignkit.methods.ppo import PPO
+
+    ppo = PPO(PPOConfig(data="x.jsonl", gamma=1.0, lam=0.5, whiten_advantages=False))
+    rollout = rollout_tensors(
+        mask=t([1, 1, 0]),
+        scores=t(1.0),
+        old=t([-1.0, -2.0, 0.0]),
+        values=t([0.5, 0.3, 9.0]),
+        kl=t([0.2, 0.4, 0.0]),
+        rewards=t(0.4),
+        kl_coef=0.5,
+    )
+    per_row, metrics = ppo.targets(rollout, lambda x: x)
+    assert_close(per_row["advantages"], t([-0.05, 0.5, 0.0]), atol=1e-6, rtol=0)
+    assert_close(per_row["returns"], t([0.45, 0.8, 0.0]), atol=1e-6, rtol=0)
+    assert_close(per_row["old_logps"], rollout.old)
+    assert metrics["objective/non_score_reward"].item() == pytest.approx(-0.3)
+
+
+def test_ppo_whitening_uses_every_process_rows():
+    """Whitening one process's rows with sums doubled (two processes holding the same
+    rows) equals whitening the two copies together in one process."""
+    from alignkit.ops.stats import masked_whiten
+
+    values, mask = t([1.0, 2.0, 7.0], [4.0, 0.0, 0.0]), t([1, 1, 1], [1, 0, 0])
+    together = masked_whiten(torch.cat([values, values]), torch.cat([mask, mask]))
+    assert_close(masked_whiten(values, mask, sum_fn=lambda x: 2 * x), together[:2])
+    # and the plain case against a hand computation: mean 3.5, sample var 7, std 2.6458
+    plain = masked_whiten(values, mask)
+    assert_close(plain[0, 0], torch.tensor((1.0 - 3.5) / 7**0.5), atol=1e-6, rtol=0)
+
+
+def test_rloo_and_grpo_targets_by_hand():
+    """RLOO, groups of 2, rewards [1, 3 | 2, 6]: each minus the other -> [-2, 2 | -4, 4],
+    at every real token. GRPO, rewards [1, 3]: mean 2, sample std sqrt(2) ->
+    [-1, 1] / (sqrt(2) + 1e-4)."""
+    from alignkit.config import GRPOConfig, RLOOConfig
+    from alignkit.methods.grpo import GRPO
+    from alignkit.methods.rloo import RLOO
+
+    mask = t([1, 1], [1, 0], [1, 1], [0, 0])
+    rloo = RLOO(RLOOConfig(data="x.jsonl", num_generations=2))
+    per_row, _ = rloo.targets(
+        rollout_tensors(mask=mask, scores=None, rewards=t(1.0, 3, 2, 6)), None
+    )
+    assert_close(per_row["advantages"], t([-2.0, -2], [2, 0], [-4, -4], [0, 0]))
+    grpo = GRPO(GRPOConfig(data="x.jsonl", num_generations=2))
+    per_row, _ = grpo.targets(rollout_tensors(mask=mask[:2], scores=None, rewards=t(1.0, 3)), None)
+    expected = 1 / (2**0.5 + 1e-4)
+    assert_close(per_row["advantages"], t(-expected, expected))
