@@ -37,34 +37,85 @@ def setting(default: Any, help: str, choices: tuple | None = None, **kwargs):
     return field(default=default, metadata=metadata, **kwargs)
 
 
-def micro_batch_tokens_setting():
-    """The token cap on forward passes, for methods whose loss is a sum over examples
-    (SFT, DPO family, reward models); KTO and RL couple the examples of a pass."""
-    return setting(
-        None,
-        "also cap each forward pass at this many tokens (whole examples; bounds activation "
-        "memory with long-tailed lengths; the gradient is unchanged); null: no cap",
-    )
+class Settings:
+    """Base of every config part: validation runs once the dataclass is built. Each part
+    checks its own keys in `validate` and calls `super().validate()`."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        pass
+
+    def positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
 
 
 @dataclass
-class TrainConfig:
-    """Keys every training command shares (DESIGN "Common config keys")."""
+class RunSettings(Settings):
+    """The run: which model, where it is written, how it is checkpointed and logged."""
 
     model: str = setting(
         DEFAULT_MODEL,
         "policy/backbone: built-in name, Hugging Face folder, .gguf file or cached hub id",
     )
-    data: str | None = setting(
-        None, "training file or folder (JSONL, JSON, CSV, Parquet, datasets folder)"
-    )
-    eval_data: str | None = setting(
-        None, "held-out file evaluated every eval_every steps and at the end"
-    )
     output_dir: str = setting(
         "runs/run", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
     )
     seed: int = setting(0, "one seed drives data order, sampling and initialisation")
+    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
+    precision: str = setting(
+        "auto",
+        "auto: bf16 autocast on GPUs that support it, fp32 on CPU",
+        choices=("auto", "fp32", "bf16"),
+    )
+    resume: str | None = setting(
+        None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint path"
+    )
+    overwrite: bool = setting(
+        False, "start afresh in an output_dir that holds another run, removing that run first"
+    )
+    lora: LoraSettings | None = setting(
+        None, "null for full fine-tuning, or {r, alpha, dropout, target_modules}"
+    )
+    merge_lora: bool = setting(
+        False, "with LoRA, also write final/merged/: the base model with the adapter merged in"
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in backward to save memory"
+    )
+    lean_memory: bool = setting(
+        True,
+        "memory measures (results unchanged): gradients and AdamW state in flat buffers "
+        "allocated before the first activation, the largest forward pass first, and on CPU "
+        "free heap pages handed back before each pass; false: PyTorch's lazy allocation",
+    )
+    save_every: int | None = setting(
+        500, "write checkpoints/step-N every this many steps; null: only final/"
+    )
+    keep_last: int = setting(2, "keep only the newest this many checkpoints")
+    log_every: int = setting(10, "log metrics every this many steps")
+    loggers: list[str] = setting(
+        [], "extra metric sinks: tensorboard, wandb, mlflow (when installed)"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("save_every", "log_every", "keep_last")
+        unknown = set(self.loggers) - {"tensorboard", "wandb", "mlflow"}
+        if unknown:
+            raise ConfigError(
+                f"unknown logger(s) {sorted(unknown)}; expected tensorboard, wandb or mlflow"
+            )
+
+
+@dataclass
+class OptimSettings(Settings):
+    """Optimisation: how long, how large a step, AdamW and the schedule."""
+
     max_steps: int | None = setting(None, "optimizer steps to train; default: derived from epochs")
     epochs: float = setting(1.0, "passes over the data when max_steps is not set")
     batch_size: int = setting(8, "examples per optimizer step (across all processes)")
@@ -83,88 +134,14 @@ class TrainConfig:
     max_grad_norm: float | None = setting(
         1.0, "clip the global gradient norm to this; null disables clipping"
     )
-    max_length: int = setting(1024, "truncate sequences to this many tokens")
-    max_prompt_length: int | None = setting(
-        None, "truncate prompts (from the left) to this many tokens"
-    )
-    lora: LoraSettings | None = setting(
-        None, "null for full fine-tuning, or {r, alpha, dropout, target_modules}"
-    )
-    merge_lora: bool = setting(
-        False, "with LoRA, also write final/merged/: the base model with the adapter merged in"
-    )
-    gradient_checkpointing: bool = setting(
-        False, "recompute activations in backward to save memory"
-    )
-    precision: str = setting(
-        "auto",
-        "auto: bf16 autocast on GPUs that support it, fp32 on CPU",
-        choices=("auto", "fp32", "bf16"),
-    )
-    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
-    save_every: int | None = setting(
-        500, "write checkpoints/step-N every this many steps; null: only final/"
-    )
-    keep_last: int = setting(2, "keep only the newest this many checkpoints")
-    resume: str | None = setting(
-        None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint path"
-    )
-    overwrite: bool = setting(
-        False, "start afresh in an output_dir that holds another run, removing that run first"
-    )
-    lean_memory: bool = setting(
-        True,
-        "memory measures (results unchanged): gradients and AdamW state in flat buffers "
-        "allocated before the first activation, the largest forward pass first, and on CPU "
-        "free heap pages handed back before each pass; false: PyTorch's lazy allocation",
-    )
-    log_every: int = setting(10, "log metrics every this many steps")
-    eval_every: int | None = setting(
-        None, "evaluate eval_data every this many steps (and always at the end)"
-    )
-    skip_invalid: bool = setting(
-        False, "set invalid records aside in output_dir/rejects.jsonl instead of failing"
-    )
-    loggers: list[str] = setting(
-        [], "extra metric sinks: tensorboard, wandb, mlflow (when installed)"
-    )
-
-    def __post_init__(self):
-        self.validate()
 
     def validate(self) -> None:
-        def positive(name):
-            value = getattr(self, name, None)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-
-        for name in (
-            "batch_size",
-            "micro_batch_size",
-            "micro_batch_tokens",
-            "max_steps",
-            "max_length",
-            "save_every",
-            "log_every",
-            "eval_every",
-            "keep_last",
-            "learning_rate",
-            "epochs",
-        ):
-            positive(name)
-        micro = self.micro_batch_size or self.batch_size
-        if self.batch_size % micro:
+        super().validate()
+        self.positive("batch_size", "micro_batch_size", "max_steps", "learning_rate", "epochs")
+        if self.batch_size % self.micro_batch:
             raise ConfigError(
-                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({micro})"
-            )
-        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
-            raise ConfigError(
-                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
-            )
-        unknown = set(self.loggers) - {"tensorboard", "wandb", "mlflow"}
-        if unknown:
-            raise ConfigError(
-                f"unknown logger(s) {sorted(unknown)}; expected tensorboard, wandb or mlflow"
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch})"
             )
 
     @property
@@ -173,21 +150,97 @@ class TrainConfig:
 
 
 @dataclass
-class SFTConfig(TrainConfig):
-    output_dir: str = setting(
-        "runs/sft", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+class DataSettings(Settings):
+    """Training and held-out records, and prompt truncation."""
+
+    data: str | None = setting(
+        None, "training file or folder (JSONL, JSON, CSV, Parquet, datasets folder)"
     )
-    learning_rate: float = setting(2e-5, "peak learning rate (AdamW)")
-    packing: bool = setting(False, "padding-free packing: concatenate the micro-batch into one row")
-    micro_batch_tokens: int | None = micro_batch_tokens_setting()
+    eval_data: str | None = setting(
+        None, "held-out file evaluated every eval_every steps and at the end"
+    )
+    eval_every: int | None = setting(
+        None, "evaluate eval_data every this many steps (and always at the end)"
+    )
+    skip_invalid: bool = setting(
+        False, "set invalid records aside in output_dir/rejects.jsonl instead of failing"
+    )
+    max_prompt_length: int | None = setting(
+        None, "truncate prompts (from the left) to this many tokens"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("eval_every", "max_prompt_length")
 
 
 @dataclass
-class DPOConfig(TrainConfig):
-    output_dir: str = setting(
-        "runs/dpo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+class TextSettings(Settings):
+    """Offline methods train on whole sequences: their length cap."""
+
+    max_length: int = setting(1024, "truncate sequences to this many tokens")
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("max_length")
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ConfigError(
+                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length "
+                f"({self.max_length})"
+            )
+
+
+@dataclass
+class TrainConfig(TextSettings, DataSettings, OptimSettings, RunSettings):
+    """Keys every offline training command shares (DESIGN "Common config keys")."""
+
+
+@dataclass
+class TokenCapSettings(Settings):
+    """For methods whose loss is a sum over examples (SFT, DPO family, reward models);
+    KTO and RL couple the examples of a forward pass."""
+
+    micro_batch_tokens: int | None = setting(
+        None,
+        "also cap each forward pass at this many tokens (whole examples; bounds activation "
+        "memory with long-tailed lengths; the gradient is unchanged); null: no cap",
     )
-    learning_rate: float = setting(1e-6, "peak learning rate (AdamW)")
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("micro_batch_tokens")
+
+
+def defaults(**values):
+    """Class decorator for a config whose inherited keys get other defaults (their help
+    and choices unchanged), so a command names only what differs, e.g.
+    `@defaults(output_dir="runs/dpo", learning_rate=1e-6)`."""
+
+    def wrap(cls):
+        inherited = {
+            f.name: f
+            for base in reversed(cls.__mro__[1:])
+            if dataclasses.is_dataclass(base)
+            for f in dataclasses.fields(base)
+        }
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for name, value in values.items():
+            parent = inherited[name]
+            annotations[name] = parent.type
+            setattr(cls, name, setting(value, parent.metadata["help"], parent.metadata["choices"]))
+        cls.__annotations__ = annotations
+        return dataclass(cls)
+
+    return wrap
+
+
+@defaults(output_dir="runs/sft", learning_rate=2e-5)
+class SFTConfig(TokenCapSettings, TrainConfig):
+    packing: bool = setting(False, "padding-free packing: concatenate the micro-batch into one row")
+
+
+@defaults(output_dir="runs/dpo", learning_rate=1e-6)
+class DPOConfig(TokenCapSettings, TrainConfig):
     loss: str = setting(
         "dpo",
         "preference loss (alignkit.losses.registry lists each one's reduction and inputs)",
@@ -213,7 +266,6 @@ class DPOConfig(TrainConfig):
         "with packing, run each pair's prompt once (the rejected response attends to it): "
         "the same log-probs for fewer tokens",
     )
-    micro_batch_tokens: int | None = micro_batch_tokens_setting()
 
     def validate(self) -> None:
         super().validate()
@@ -227,12 +279,8 @@ class DPOConfig(TrainConfig):
             raise ConfigError(f"loss={self.loss} {error}")
 
 
-@dataclass
+@defaults(output_dir="runs/kto", learning_rate=1e-6)
 class KTOConfig(TrainConfig):
-    output_dir: str = setting(
-        "runs/kto", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
-    learning_rate: float = setting(1e-6, "peak learning rate (AdamW)")
     beta: float = setting(0.1, "temperature of the implicit reward beta * (policy - ref)")
     desirable_weight: float = setting(1.0, "lambda_D: weight of desirable examples")
     undesirable_weight: float = setting(1.0, "lambda_U: weight of undesirable examples")
@@ -242,12 +290,8 @@ class KTOConfig(TrainConfig):
     packing: bool = setting(True, "pack each micro-batch into one padding-free row")
 
 
-@dataclass
-class RewardConfig(TrainConfig):
-    output_dir: str = setting(
-        "runs/rm", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
-    learning_rate: float = setting(1e-5, "peak learning rate (AdamW)")
+@defaults(output_dir="runs/rm", learning_rate=1e-5)
+class RewardConfig(TokenCapSettings, TrainConfig):
     num_heads: int = setting(
         1, "scalar heads over the shared backbone; > 1 is an ensemble with mean and std"
     )
@@ -263,7 +307,6 @@ class RewardConfig(TrainConfig):
     )
     norm_samples: int = setting(1000, "use at most this many records of norm_data")
     packing: bool = setting(True, "pack each micro-batch into one padding-free row")
-    micro_batch_tokens: int | None = micro_batch_tokens_setting()
 
     def validate(self) -> None:
         super().validate()
@@ -276,11 +319,41 @@ class RewardConfig(TrainConfig):
 
 
 @dataclass
-class RLConfig(TrainConfig):
-    """Keys shared by the on-policy RL commands (ppo, rloo, grpo)."""
+class SamplingPart(Settings):
+    """How completions are sampled (the fields of `rollout.SamplingSettings`)."""
+
+    max_new_tokens: int = setting(48, "completion length cap when sampling")
+    temperature: float = setting(1.0, "sampling temperature (log-probs use the same one)")
+    top_p: float = setting(1.0, "nucleus sampling (1.0 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+    stop: list[str] = setting([], "stop strings that end a completion")
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("max_new_tokens")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@defaults(
+    batch_size=16,
+    learning_rate=1e-6,
+    lr_schedule="constant",
+    save_every=50,
+    log_every=1,
+)
+class RLConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
+    """Keys shared by the on-policy RL commands (ppo, rloo, grpo). No `max_length`:
+    prompts are cut by `max_prompt_length`, completions by `max_new_tokens`."""
 
     data: str | None = setting(
         None, "prompts file (records with a 'prompt'); or leave unset and name a task"
+    )
+    eval_data: str | None = setting(
+        None,
+        "held-out prompts: eval/objective/scores and eval/objective/kl from one sample each, "
+        "every eval_every steps and at the end (with task= and eval_every: the task's held-out "
+        "prompts)",
     )
     task: str | None = setting(
         None, "built-in task (sentiment): its training prompts, and its oracle as default reward"
@@ -291,16 +364,6 @@ class RLConfig(TrainConfig):
     ref_model: str | None = setting(
         None, "reference for the KL term; default the starting model (LoRA: adapter disabled)"
     )
-    batch_size: int = setting(16, "prompts per rollout batch (one optimizer phase per batch)")
-    learning_rate: float = setting(1e-6, "peak learning rate of the policy (AdamW)")
-    lr_schedule: str = setting(
-        "constant", "decay after warm-up", choices=("cosine", "linear", "constant")
-    )
-    max_new_tokens: int = setting(48, "completion length cap when sampling")
-    temperature: float = setting(1.0, "sampling temperature (log-probs use the same one)")
-    top_p: float = setting(1.0, "nucleus sampling (1.0 = off)")
-    top_k: int = setting(0, "top-k sampling (0 = off)")
-    stop: list[str] = setting([], "stop strings that end a completion")
     kl_coef: float = setting(0.05, "beta of the KL penalty folded into the reward")
     kl_estimator: str = setting("k1", "per-token KL estimator", choices=("k1", "k2", "k3"))
     kl_target: float | None = setting(
@@ -314,10 +377,6 @@ class RLConfig(TrainConfig):
         None, "subtract this from the score of completions cut at max_new_tokens"
     )
     sample_every: int = setting(10, "write example completions to samples.jsonl every N steps")
-    save_every: int | None = setting(
-        50, "write checkpoints/step-N every this many steps; null: only final/"
-    )
-    log_every: int = setting(1, "log metrics every this many steps")
 
     def validate(self) -> None:
         super().validate()
@@ -326,15 +385,10 @@ class RLConfig(TrainConfig):
                 f"batch_size ({self.batch_size}) must be a multiple of num_minibatches "
                 f"({self.num_minibatches})"
             )
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
 
 
-@dataclass
+@defaults(output_dir="runs/ppo")
 class PPOConfig(RLConfig):
-    output_dir: str = setting(
-        "runs/ppo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
     critic: str = setting(
         "auto",
         "value model: 'reward' (initialised from the reward model), 'policy' (from the "
@@ -351,23 +405,14 @@ class PPOConfig(RLConfig):
     ptx_coef: float = setting(0.0, "weight of the pretraining/SFT log-likelihood term")
 
 
-@dataclass
+@defaults(output_dir="runs/rloo", ppo_epochs=1)
 class RLOOConfig(RLConfig):
-    output_dir: str = setting(
-        "runs/rloo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
     num_generations: int = setting(4, "completions per prompt (the leave-one-out group)")
-    ppo_epochs: int = setting(1, "passes over each rollout batch")
 
 
-@dataclass
+@defaults(output_dir="runs/grpo", ppo_epochs=1, kl_coef=0.0)
 class GRPOConfig(RLConfig):
-    output_dir: str = setting(
-        "runs/grpo", "the run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
     num_generations: int = setting(4, "completions per prompt (the normalisation group)")
-    ppo_epochs: int = setting(1, "passes over each rollout batch")
-    kl_coef: float = setting(0.0, "KL folded into the reward (GRPO puts it in the loss: beta)")
     beta: float = setting(0.04, "weight of the per-token k3 KL term in the loss")
 
 

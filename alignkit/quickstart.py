@@ -198,6 +198,9 @@ class Quickstart:
             seed=self.seed,
             save_every=None,
             log_every=max(1, self.preset.ppo_steps // 4),
+            # a stage without its .done marker is re-run from the start: its folder may
+            # hold what a killed earlier attempt left
+            overwrite=True,
         )
 
     def train_reward_model(self) -> None:

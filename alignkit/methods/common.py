@@ -79,7 +79,5 @@ def load_encoded(path: str, kind, encode, config, *, rejects_name: str) -> list:
         f" ({dropped} dropped: no room for a target within max_length)" if dropped else "",
     )
     if not examples:
-        raise AlignkitError(
-            f"{path}: every record was dropped by truncation; raise max_length ({config.max_length})"
-        )
+        raise AlignkitError(f"{path}: every record was dropped by truncation; raise max_length")
     return examples

@@ -157,4 +157,5 @@ def run_dpo(config: DPOConfig) -> TrainResult:
         forward_module=forward_module,
         eval_examples=eval_pairs,
         units_fn=count_pairs,
+        max_tokens=config.micro_batch_tokens,
     )

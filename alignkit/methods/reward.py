@@ -304,6 +304,7 @@ def run_rm(config: RewardConfig) -> TrainResult:
         eval_examples=eval_groups,
         units_fn=count_records,
         finalize=finalize,
+        max_tokens=config.micro_batch_tokens,
     )
 
 

@@ -51,4 +51,5 @@ def run_sft(config: SFTConfig) -> TrainResult:
         tokenizer=tokenizer,
         forward_module=CausalLMLogps(model),
         eval_examples=eval_examples,
+        max_tokens=config.micro_batch_tokens,
     )

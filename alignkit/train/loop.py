@@ -114,6 +114,7 @@ def train(
     eval_examples: Sequence | None = None,
     units_fn: Callable[[dict], int] = count_target_tokens,
     finalize: Callable | None = None,
+    max_tokens: int | None = None,
 ) -> TrainResult:
     """Train `model` on `examples`; write the run folder; return where `final/` is.
 
@@ -121,16 +122,13 @@ def train(
     `forward_module` (default `model`) is what `step_fn` calls, wrapped in DDP under
     torchrun. `finalize(model, tokenizer, final_dir) -> metrics | None`, when given,
     writes `final/` instead of `save_final` (on the main process); the metrics it
-    returns are logged at the last step. `config.micro_batch_tokens`, where the method's
-    config has it, caps the tokens of each forward pass (`split_micro_batches`).
+    returns are logged at the last step. `max_tokens` caps the tokens of each forward
+    pass (`split_micro_batches`; a method's `micro_batch_tokens`).
     """
     if not examples:
         raise AlignkitError(
             "no training examples left after encoding; see the truncation report above"
         )
-    # Only configs of methods whose loss is a sum over examples have the key (not KTO,
-    # whose KL estimate is taken over the examples of one forward pass).
-    max_tokens = getattr(config, "micro_batch_tokens", None)
     split = functools.partial(split_micro_batches, micro=config.micro_batch, max_tokens=max_tokens)
     steps = total_steps(config, len(examples))
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "seed": config.seed}

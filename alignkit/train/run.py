@@ -205,7 +205,7 @@ class Run:
                 module if module is not None else self.model,
                 tokenizer,
                 folder,
-                merge_lora=getattr(self.config, "merge_lora", False) and name == "final",
+                merge_lora=self.config.merge_lora and name == "final",
             )
             self.sink.message(f"wrote {folder}")
         return folder

@@ -59,3 +59,65 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(SFTConfig, tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    "config_class, key",
+    [
+        ("PPOConfig", "max_length"),  # RL cuts prompts and completions, not sequences
+        ("GRPOConfig", "packing"),
+        ("RLOOConfig", "micro_batch_tokens"),
+        ("DPOConfig", "max_new_tokens"),
+        ("DPOConfig", "kl_coef"),
+        ("KTOConfig", "micro_batch_tokens"),
+    ],
+)
+def test_a_command_rejects_keys_it_does_not_read(config_class, key):
+    import alignkit.config as configs
+
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        load_config(getattr(configs, config_class), None, [f"{key}=1"])
+
+
+def test_every_key_of_every_command_is_read_by_the_code():
+    """Each config field appears as an attribute read (`.name`) somewhere in alignkit
+    outside config.py (directly or through a config property), or is a registry
+    hyperparameter (read by name): a key nobody reads would be accepted and ignored."""
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    import alignkit
+    import alignkit.config as configs
+    from alignkit.losses.registry import PREFERENCE_LOSSES
+
+    read = set()
+    for path in Path(alignkit.__file__).parent.rglob("*.py"):
+        if path.name == "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                read.add(node.attr)
+    read |= {key for loss in PREFERENCE_LOSSES.values() for key in loss.hyperparameters.values()}
+    # a config property that is read reads the fields it uses (micro_batch: micro_batch_size)
+    config_source = ast.parse(Path(configs.__file__).read_text())
+    for node in ast.walk(config_source):
+        if isinstance(node, ast.FunctionDef) and node.name in read:
+            if any(getattr(d, "id", None) == "property" for d in node.decorator_list):
+                read |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    commands = [
+        configs.SFTConfig,
+        configs.DPOConfig,
+        configs.KTOConfig,
+        configs.RewardConfig,
+        configs.PPOConfig,
+        configs.RLOOConfig,
+        configs.GRPOConfig,
+    ]
+    unread = {
+        (cls.__name__, f.name)
+        for cls in commands
+        for f in dataclasses.fields(cls)
+        if f.name not in read
+    }
+    assert not unread
