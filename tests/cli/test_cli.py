@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from alignkit.cli import main
 
@@ -143,13 +144,55 @@ def test_chat_unknown_model_is_a_clear_error():
     )
 
 
-@pytest.mark.parametrize(
-    "module", ["alignkit.cli.models", "alignkit.cli.chat", "alignkit.cli.data"]
-)
-def test_every_command_module_registers(module):
+COMMANDS_BY_MODULE = {
+    "alignkit.cli.models": ["models list", "models convert"],
+    "alignkit.cli.chat": ["chat"],
+    "alignkit.cli.data": ["data validate", "data stats", "data convert"],
+    "alignkit.cli.sft": ["sft"],
+    "alignkit.cli.dpo": ["dpo"],
+    "alignkit.cli.kto": ["kto"],
+    "alignkit.cli.rm": ["rm"],
+    "alignkit.cli.score": ["score"],
+    "alignkit.cli.generate": ["generate"],
+    "alignkit.cli.rl": ["ppo", "rloo", "grpo"],
+    "alignkit.cli.quickstart": ["quickstart"],
+}
+
+
+def runnable_commands(parser, prefix=()):
+    """The leaf commands under `parser`, as "group sub" strings, each with its `run`."""
+    import argparse
+
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= runnable_commands(sub, (*prefix, name)) or {
+                    " ".join((*prefix, name)): sub.get_default("run")
+                }
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS_BY_MODULE))
+def test_each_command_module_registers_its_commands(module):
+    """Registered on its own, a module adds exactly its commands (listed here by hand),
+    each with a `run` for `main` to call (without one, `main` prints help instead)."""
+    import argparse
     import importlib
 
-    assert callable(importlib.import_module(module).register)
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).register(parser.add_subparsers())
+    commands = runnable_commands(parser)
+    assert list(commands) == COMMANDS_BY_MODULE[module]
+    assert None not in commands.values()
+
+
+def test_the_cli_is_the_commands_of_every_module():
+    from alignkit.cli import COMMAND_MODULES, build_parser
+
+    assert sorted(COMMAND_MODULES) == sorted(COMMANDS_BY_MODULE)
+    everything = [c for m in COMMAND_MODULES for c in COMMANDS_BY_MODULE[m]]
+    assert list(runnable_commands(build_parser())) == everything
 
 
 def test_sft_help_documents_every_key():
@@ -277,7 +320,24 @@ def test_rm_and_score_from_the_command_line(tiny_model_dir, reward_task_files, t
     assert "scored 3 records" in result.stdout
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["completion"] for r in scored] == ["good", "bad day", "great"]
-    assert all(isinstance(r["score"], float) and r["score_std"] >= 0 for r in scored)
+    # Worked out independently with plain transformers: a plain-text record is the prompt's
+    # tokens, the reply's and EOS; each of the 2 heads reads the last token and its stored
+    # offset is subtracted; the score is the heads' mean, score_std their (population)
+    # standard deviation, which for two heads is half their difference.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.num_labels == 2
+    for record in scored:
+        ids = tokenizer(record["prompt"])["input_ids"]
+        ids += tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+        ids += [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0]
+        first, second = (logits - torch.tensor(model.config.reward_offset)).tolist()
+        assert record["score"] == pytest.approx((first + second) / 2, abs=1e-4)
+        assert record["score_std"] == pytest.approx(abs(first - second) / 2, abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +410,10 @@ def test_generate_writes_k_samples_per_prompt(tiny_model_dir, write_jsonl, tmp_p
     assert [(s["id"], s["sample"]) for s in samples] == [(i, k) for i in "abc" for k in (0, 1)]
     assert isinstance(samples[0]["completion"], str)
     assert samples[2]["completion"][0]["role"] == "assistant"
-    assert all(isinstance(s["finished"], bool) for s in samples)
+    finished = [s["finished"] for s in samples]
+    ended = sum(f is True for f in finished)
+    assert ended + sum(f is False for f in finished) == 6  # each a JSON true or false
+    assert f"({ended} ended by EOS/stop)" in result.stdout  # the count printed is the file's
     again = tmp_path / "again.jsonl"
     alignkit(
         *args[:-1],

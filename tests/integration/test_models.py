@@ -1,7 +1,6 @@
 """The model loader, the built-in default model, GGUF conversion, LoRA and tiny models."""
 
 import os
-import time
 
 import pytest
 import torch
@@ -48,17 +47,29 @@ def test_tiny_models_are_reproducible_by_seed(tokenizer):
 
 
 def test_default_model_second_load_uses_the_cache_and_answers(monkeypatch):
-    resolve_model_path(DEFAULT_MODEL)  # converts on a fresh cache (about 20 s), else a no-op
+    """Once converted, loading the default model reads the cached folder as it is: no
+    conversion or GGUF read runs, no file in the folder is rewritten, and the model and
+    tokenizer come from that folder."""
+    folder = resolve_model_path(DEFAULT_MODEL)  # converts on a fresh cache (~20 s), else a no-op
 
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("the cached default model was converted again")
+    def files():
+        return {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir()}
 
-    monkeypatch.setattr(loading_module, "convert_gguf", no_conversion)
-    start = time.perf_counter()
+    before = files()
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= before.keys()
+    calls = []
+
+    def record(name):
+        return lambda *args, **kwargs: calls.append(name)
+
+    monkeypatch.setattr(loading_module, "convert_gguf", record("convert_gguf"))
+    monkeypatch.setattr(loading_module, "load_gguf_tokenizer", record("load_gguf_tokenizer"))
+    monkeypatch.setattr(convert_module, "load_gguf_model", record("load_gguf_model"))
     model = load_model(DEFAULT_MODEL)
     tokenizer = load_tokenizer(DEFAULT_MODEL)
-    seconds = time.perf_counter() - start
-    assert seconds < 15, f"cached load took {seconds:.1f} s"
+    assert calls == []
+    assert files() == before  # nothing rewritten, added or removed
+    assert model.name_or_path == str(folder) and tokenizer.name_or_path == str(folder)
     assert model.config.num_hidden_layers == 30 and model.dtype == torch.float32
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|im_end|>"
     conversation = [{"role": "user", "content": "What is the capital of France?"}]

@@ -1,6 +1,7 @@
 """Reward models end to end on a task with a known ground-truth reward (issue: reward models)."""
 
 import json
+import math
 import random
 import statistics
 import tracemalloc
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from alignkit.config import RewardConfig
-from alignkit.feedback.judge import Judge
 from alignkit.feedback.reward_model import RewardModelJudge, score_file
 from alignkit.methods.reward import run_rm
 from alignkit.models.lora import LoraSettings
@@ -48,6 +48,35 @@ def eval_replies(held_out):
         for r in records
         for side in ("chosen", "rejected")
     ]
+
+
+def transformers_rewards(folder, conversations):
+    """(N, K) rewards of chat conversations worked out without alignkit: plain
+    `AutoModelForSequenceClassification` on the `apply_chat_template` text, one unpadded
+    sequence at a time, minus the offset stored in the config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    for conversation in conversations:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+        with torch.no_grad():
+            rows.append(model(**tokenizer(text, return_tensors="pt")).logits[0])
+    return torch.stack(rows) - torch.tensor(model.config.reward_offset)
+
+
+def transformers_text_reward(folder, prompt, reply):
+    """The K rewards of a plain-text prompt and reply without alignkit: the prompt's tokens,
+    the reply's and EOS (the string-form encoding), minus the stored offset."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(prompt)["input_ids"] + tokenizer(reply, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + [tokenizer.eos_token_id]])).logits[0]
+    return logits - torch.tensor(model.config.reward_offset)
 
 
 def test_held_out_accuracy_on_a_known_reward(trained_rm):
@@ -94,12 +123,20 @@ def test_rewards_are_centred_on_the_reference_set(trained_rm, reward_task_files)
 
 
 def test_judge_interface(trained_rm):
+    """score() is the reward worked out with plain transformers; compare() is the
+    Bradley-Terry probability sigmoid(r_a - r_b) of those rewards."""
     judge = RewardModelJudge(trained_rm / "final", device="cpu")
-    assert isinstance(judge, Judge)
     prompt = [{"role": "user", "content": "Describe your day."}]
     good, bad = "great lovely happy table", "awful sad table"
-    assert judge.score(prompt, good) > judge.score(prompt, bad)
+    r_good, r_bad = transformers_rewards(
+        trained_rm / "final",
+        [prompt + [{"role": "assistant", "content": reply}] for reply in (good, bad)],
+    )[:, 0].tolist()
+    assert judge.score(prompt, good) == pytest.approx(r_good, abs=1e-4)
+    assert judge.score(prompt, bad) == pytest.approx(r_bad, abs=1e-4)
+    assert r_good > r_bad  # the trained model prefers the reply with the good words
     p = judge.compare(prompt, good, bad)
+    assert p == pytest.approx(1 / (1 + math.exp(r_bad - r_good)), abs=1e-4)
     assert p > 0.9
     assert judge.compare(prompt, bad, good) == pytest.approx(1 - p)
 
@@ -165,7 +202,12 @@ def test_scoring_streams_in_bounded_memory(trained_rm, tmp_path):
     lines = (tmp_path / "out-10000.jsonl").read_text().splitlines()
     assert len(lines) == 10_000
     first, last = json.loads(lines[0]), json.loads(lines[-1])
-    assert first["id"] == 0 and last["id"] == 9_999 and isinstance(last["score"], float)
+    assert first["id"] == 0 and last["id"] == 9_999
+    for record in (first, last):
+        expected = transformers_text_reward(
+            trained_rm / "final", record["prompt"], record["completion"]
+        )
+        assert record["score"] == pytest.approx(expected.item(), abs=1e-4)
     assert peaks[10_000] < 1.5 * peaks[2_000], peaks
 
 
@@ -195,32 +237,63 @@ def test_ensemble_scores_carry_a_std_in_files(tiny_model_dir, reward_task_files,
     judge = RewardModelJudge(tmp_path / "run" / "final", device="cpu")
     score_file(judge, source, tmp_path / "out.jsonl", progress=False)
     record = json.loads((tmp_path / "out.jsonl").read_text())
-    assert isinstance(record["score"], float) and record["score_std"] > 0
+    # the two heads' rewards with plain transformers: the score is their mean and
+    # score_std their (population) standard deviation, for two values half their gap
+    first, second = transformers_rewards(tmp_path / "run" / "final", [record["messages"]])[0]
+    assert record["score"] == pytest.approx(float(first + second) / 2, abs=1e-4)
+    assert record["score_std"] == pytest.approx(abs(float(first - second)) / 2, abs=1e-4)
+    assert record["score_std"] > 1e-3  # the heads start from different priors
     final = read_metrics(tmp_path / "run")[-1]
     assert "train/accuracy" in final  # without eval_data the summary uses the training pairs
 
 
 def test_lora_reward_model_saves_a_full_classifier(tiny_model_dir, reward_task_files, tmp_path):
+    """One AdamW step of a rank-4 LoRA reward model, saved merged. Worked out by hand:
+    AdamW's first step moves every trained coordinate by exactly the learning rate
+    (m_hat = g, sqrt(v_hat) = |g|, so the update is lr * sign(g); weight decay 0), so the
+    head, trained in full, moves by lr everywhere. The LoRA B matrices start at 0, so the
+    A matrices get no gradient in that step, and each adapted weight changes by
+    (alpha / r) * B @ A: a non-zero matrix of rank at most r = 4 (a full fine-tune would
+    change it in full rank, a lost merge not at all). Weights LoRA does not adapt
+    (embeddings, norms) are saved as they were."""
     from transformers import AutoModelForSequenceClassification
 
+    lr, rank = 1e-3, 4
     run_rm(
         rm_config(
             tiny_model_dir,
             reward_task_files,
             tmp_path / "lora",
-            max_steps=3,
-            lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+            max_steps=1,
+            learning_rate=lr,
+            lr_schedule="constant",
+            weight_decay=0.0,
+            lora=LoraSettings(r=rank, alpha=8, dropout=0.0),
         )
     )
     final = tmp_path / "lora" / "final"
     model = AutoModelForSequenceClassification.from_pretrained(final)
     assert not any("lora" in name for name, _ in model.named_parameters())
+    assert len(model.config.reward_offset) == 1
     fresh = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     init_heads(fresh, seed=0)
-    assert not torch.allclose(model.score.weight, fresh.score.weight)  # the head trained too
-    assert len(model.config.reward_offset) == 1
-    judge = RewardModelJudge(final, device="cpu")
-    assert isinstance(judge.score("Hi", "good day"), float)
+    head_step = (model.score.weight - fresh.score.weight).abs()
+    torch.testing.assert_close(head_step, torch.full_like(head_step, lr), rtol=1e-3, atol=0)
+    base = dict(fresh.model.named_parameters())
+    adapted = 0
+    for name, weight in model.model.named_parameters():
+        delta = (weight - base[name]).detach()
+        if weight.dim() == 2 and name.endswith("proj.weight"):  # every linear layer
+            singular = torch.linalg.svdvals(delta.double())  # descending
+            assert singular[rank] < 1e-4 * singular[0], (name, singular[: rank + 1])
+            adapted += 1
+        else:
+            assert torch.equal(weight, base[name]), name
+    assert adapted == 7 * fresh.config.num_hidden_layers  # q k v o gate up down per layer
+    score = RewardModelJudge(final, device="cpu").score("Hi", "good day")
+    assert score == pytest.approx(
+        transformers_text_reward(final, "Hi", "good day").item(), abs=1e-4
+    )
 
 
 def test_a_reward_model_saved_by_transformers_scores_as_transformers_reads_it(tmp_path, tokenizer):
