@@ -180,7 +180,12 @@ def test_split_micro_batches_by_count_and_by_tokens():
     assert split_micro_batches([], 4, max_tokens=8, size_fn=by_size) == []
     # passes run largest first; equal sizes keep their order
     groups = [[0, 1], [2], [3], [4, 5, 6]]  # 7, 2, 9, 7 tokens
-    assert MemoryPlan(True, torch.device("cpu")).order(groups, size_fn=by_size) == [[3], [0, 1], [4, 5, 6], [2]]
+    assert MemoryPlan(True, torch.device("cpu")).order(groups, size_fn=by_size) == [
+        [3],
+        [0, 1],
+        [4, 5, 6],
+        [2],
+    ]
 
 
 class _Config:
