@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from alignkit.models.device import select_device
 from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps
 from alignkit.rollout.batch import completion_logps, completion_rows, completion_values
 from alignkit.rollout.sampling import SamplingSettings, row_seed, sample
-from alignkit.train.loop import MetricWindow, check_divisible, step_indices
+from alignkit.train.loop import MetricWindow, check_divisible, step_indices, total_steps
 from alignkit.train.metrics import truncate_after
 from alignkit.train.optim import parameter_groups
 from alignkit.train.run import TrainResult, check_output_dir, open_run
@@ -147,9 +146,7 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
         groups += parameter_groups(critic, config.weight_decay, config.critic_learning_rate)
     ptx = algorithm.ptx_examples(encoder) if hasattr(algorithm, "ptx_examples") else []
     eos_ids, pad_id = encoder.stop_token_ids, pad_token_id(tokenizer)
-    total_steps = config.max_steps or max(
-        1, math.ceil(config.epochs * len(prompts) / config.batch_size)
-    )
+    steps = total_steps(config, len(prompts))
     fingerprint = {"prompts": len(prompts), "batch_size": config.batch_size, "seed": config.seed}
     kl_controller = (
         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -160,7 +157,7 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
     with open_run(
         config,
         model,
-        total_steps=total_steps,
+        total_steps=steps,
         fingerprint=fingerprint,
         forward_module=forward,
         param_groups=groups,
@@ -184,7 +181,7 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
             return algorithm.loss(runner(batch), batch)
 
         last_metrics: dict = {}
-        while state.step < total_steps:
+        while state.step < steps:
             started = time.perf_counter()
             step = state.step
 
@@ -298,7 +295,7 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
                 and (done % config.sample_every == 0 or done == 1)
             ):
                 write_samples(output_dir, done, row_prompts, texts, raw_scores, rollout.finished)
-            logged = metrics if done % config.log_every == 0 or done == total_steps else None
+            logged = metrics if done % config.log_every == 0 or done == steps else None
             last_metrics = metrics
             run.finish_step(logged, extra={"kl_controller": kl_controller.state_dict()})
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignkit.ops.modules import unwrap
+
 
 @dataclass
 class LoraSettings:
@@ -41,11 +43,6 @@ def apply_lora(model, settings: LoraSettings, *, task_type: str = "CAUSAL_LM"):
         task_type=task_type,
     )
     return get_peft_model(model, config)
-
-
-def unwrap(model):
-    """The transformers model inside a PEFT wrapper (the model itself if unwrapped)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def enable_gradient_checkpointing(model) -> None:

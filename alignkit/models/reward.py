@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
-from alignkit.models.lora import unwrap
 from alignkit.ops.attention import packed_forward_kwargs, use_packed_attention
+from alignkit.ops.modules import unwrap
 
 log = logging.getLogger("alignkit")
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alignkit.models.lora import unwrap
 from alignkit.ops.attention import (
     packed_forward_kwargs,
     shared_prefix_forward_kwargs,
     use_packed_attention,
 )
 from alignkit.ops.grad_accumulation import accumulation_target, fusable_embedding, fused_embedding
+from alignkit.ops.modules import unwrap
 
 IGNORE_INDEX = -100
 # Logits elements per chunk. On CPU 4M floats (16 MiB) stays under glibc's mmap threshold,

@@ -110,7 +110,6 @@ class Run:
     sink: MetricsSink
     total_steps: int
     autocast: Callable
-    resumed_from: Path | None = None
     last_good: Path | None = None
     extra_state: dict = field(default_factory=dict)  # from the resumed checkpoint's extra.json
 
@@ -300,7 +299,6 @@ def open_run(
         sink=sink,
         total_steps=total_steps,
         autocast=autocast,
-        resumed_from=checkpoint,
         last_good=checkpoint,
         extra_state=extra,
     )
