@@ -76,7 +76,8 @@ def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool)
         [
             f"model={model_dir}",
             f"data={data_path}",
-            f"output_dir={workdir / 'alignkit'}",
+            # one folder per run: alignkit refuses to start where another run lives
+            f"output_dir={workdir / f'alignkit-{int(checkpointing)}'}",
             f"max_steps={args.steps}",
             f"batch_size={args.batch_size}",
             f"micro_batch_size={args.micro_batch_size}",

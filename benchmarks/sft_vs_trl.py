@@ -61,7 +61,8 @@ def run_alignkit(
         [
             f"model={model_dir}",
             f"data={data_path}",
-            f"output_dir={workdir / 'alignkit'}",
+            # one folder per run: alignkit refuses to start where another run lives
+            f"output_dir={workdir / f'alignkit-{int(packing)}-{int(checkpointing)}'}",
             f"gradient_checkpointing={str(checkpointing).lower()}",
             f"max_steps={args.steps}",
             f"batch_size={args.batch_size}",
