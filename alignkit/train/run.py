@@ -332,9 +332,11 @@ def check_output_dir(config) -> list[str]:
         what = "another run's checkpoints"
     else:
         what = f"another run ({', '.join(found)})"
+    # resume=auto is a way out only where there is a checkpoint to continue from
+    resumable = "resume=auto to continue that run, " if list_checkpoints(output_dir) else ""
     raise ConfigError(
-        f"output_dir {output_dir} already holds {what}. Choose one: resume=auto to continue "
-        f"that run, a new output_dir, or overwrite=true to remove the old run first."
+        f"output_dir {output_dir} already holds {what}. Choose one: {resumable}a new "
+        f"output_dir, or overwrite=true to remove the old run first."
     )
 
 

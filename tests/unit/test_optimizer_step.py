@@ -72,9 +72,18 @@ def test_a_finished_run_is_not_overwritten(tmp_path):
             check_output_dir(config_for(tmp_path / "run", resume=resume))
         message = str(error.value)
         assert "a finished run (final/)" in message
-        assert (
-            "resume=auto" in message and "overwrite=true" in message and "new output_dir" in message
-        )
+        assert "overwrite=true" in message and "new output_dir" in message
+        assert "resume=auto" not in message  # nothing to resume: no checkpoint
+
+
+def test_a_finished_run_with_checkpoints_offers_to_resume(tmp_path):
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-2").mkdir(parents=True)
+    with pytest.raises(ConfigError) as error:
+        check_output_dir(config_for(tmp_path / "run"))
+    message = str(error.value)
+    assert "a finished run (final/)" in message
+    assert "resume=auto" in message and "overwrite=true" in message and "new output_dir" in message
 
 
 def test_foreign_checkpoints_are_not_mixed_with_a_new_run(tmp_path):
