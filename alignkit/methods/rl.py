@@ -9,8 +9,10 @@ One run step is one rollout batch, read top to bottom in `run_policy_gradient`:
 2. **sample** `group` completions per prompt with the current policy;
 3. **score** them with the reward source; a non-finite score stops the run, naming the
    last good checkpoint; completions cut at `max_new_tokens` may lose a penalty;
-4. **reference / critic pass** without gradients: log-probs under the policy ("old")
-   and the reference, and the critic's values;
+4. **reference / critic pass** without gradients: log-probs under the reference and the
+   critic's values. The policy's own ("old") log-probs are the sampler's, returned with
+   the tokens (equal to a teacher-forced forward to float rounding, tested), so the
+   policy is not run a second time;
 5. **targets**: per-token KL estimate, the RLHF reward (score - kl_coef x summed KL),
    and the algorithm's pure `targets` (advantages, returns);
 6. **optimizer steps**: `ppo_epochs` passes over the rollout in `num_minibatches`
@@ -212,9 +214,10 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
 
             # 4. reference / critic pass
             tensors = completion_rows(rollout, row_prompt_ids, pad_id)
-            old, ref, values = score_completions(
+            ref, values = score_completions(
                 forward, ref_logps, reference_context, tensors, config.micro_batch, device
             )
+            old = rollout.logprobs.float() * tensors["mask"]
 
             # 5. targets
             mask = tensors["mask"]
@@ -343,20 +346,18 @@ def sampling_settings(config: RLConfig) -> SamplingSettings:
 
 @torch.no_grad()
 def score_completions(forward: PolicyForward, ref_logps, reference_context, rows, micro, device):
-    """(R, C) old log-probs, reference log-probs and values (None without a critic) of
-    every completion, `micro` rows per forward pass."""
+    """(R, C) reference log-probs and critic values (None without a critic) of every
+    completion, `micro` rows per forward pass."""
     forward.eval()
-    old, ref, values = [], [], []
+    ref, values = [], []
     for start in range(0, len(rows["mask"]), micro):
         part = {k: v[start : start + micro].to(device) for k, v in rows.items()}
-        out = forward(part)
-        old.append(out["logps"].float().cpu())
-        if "values" in out:
-            values.append(out["values"].float().cpu())
+        if forward.values is not None:
+            values.append(completion_values(forward.values, part).float().cpu())
         with reference_context():
             ref.append(completion_logps(ref_logps, part).float().cpu())
     forward.train()
-    return torch.cat(old), torch.cat(ref), (torch.cat(values) if values else None)
+    return torch.cat(ref), (torch.cat(values) if values else None)
 
 
 def attach_ptx(batches, examples, first: int, algorithm, dist, device) -> None:

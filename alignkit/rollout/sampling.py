@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.data.collators import PaddingCollator
+from alignkit.rollout.decoder import open_decoder
 
 
 @dataclass
@@ -108,15 +109,13 @@ def sample(
 ) -> Rollout:
     """Sample one completion per prompt (token-id lists). `tokenizer` is needed only
     for `stop_strings`. `row_seeds` (one per prompt) override `settings.seed`, whose row
-    i otherwise gets seed `row_seed(settings.seed, i)`."""
+    i otherwise gets seed `row_seed(settings.seed, i)`.
+
+    A row whose completion ends leaves the decoder's batch, so the remaining steps cost
+    only what the unfinished rows need."""
     if settings.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer")
-    eos = torch.tensor(sorted({eos_ids} if isinstance(eos_ids, int) else set(eos_ids)))
     device = next(model.parameters()).device
-    batch = PaddingCollator(pad_id, padding_side="left")([{"input_ids": p} for p in prompts])
-    input_ids = batch["input_ids"].to(device)
-    attention = batch["attention_mask"].to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
     rows = len(prompts)
     if row_seeds is None and settings.seed is not None:
         row_seeds = [row_seed(settings.seed, i) for i in range(rows)]
@@ -125,58 +124,52 @@ def sample(
         if len(row_seeds) != rows:
             raise ValueError(f"{len(row_seeds)} row_seeds for {rows} prompts")
         generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
-    tokens, logps = [], []
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
-    alive = torch.ones(rows, dtype=torch.bool, device=device)  # still producing tokens
+    eos = torch.tensor(sorted({eos_ids} if isinstance(eos_ids, int) else set(eos_ids)))
     eos = eos.to(device)
+    steps = settings.max_new_tokens
+    tokens = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
+    logps = torch.zeros(rows, steps, device=device)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    live = torch.arange(rows, device=device)  # the prompt row of each decoder row
     texts = [""] * rows
     was_training = model.training
     model.eval()
     try:
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        step_ids, step_positions = input_ids, positions
-        for _ in range(settings.max_new_tokens):
-            out = model(
-                input_ids=step_ids,
-                attention_mask=attention,
-                position_ids=step_positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache = out.past_key_values
-            logits = out.logits[:, -1].float()
+        decoder = open_decoder(model, max_new_tokens=steps, pad_id=pad_id)
+        logits = decoder.prefill(prompts)
+        for step in range(steps):
             token, logp = _draw(logits, settings, generators)
-            token = torch.where(alive, token, torch.full_like(token, pad_id))
-            tokens.append(token)
-            logps.append(torch.where(alive, logp, torch.zeros_like(logp)))
-            lengths += alive.long()
-            ended = alive & torch.isin(token, eos)
+            tokens[live, step] = token
+            logps[live, step] = logp
+            lengths[live] += 1
+            ended = torch.isin(token, eos)
             if settings.stop_strings:
-                ended |= _hit_stop_strings(token, alive, texts, tokenizer, settings.stop_strings)
-            done |= ended
-            alive &= ~ended
-            if not alive.any():
+                ended |= _hit_stop_strings(token, live, texts, tokenizer, settings.stop_strings)
+            finished[live[ended]] = True
+            if step + 1 == steps:
                 break
-            step_ids = token[:, None]
-            step_positions = step_positions[:, -1:] + 1
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            if ended.any():
+                kept = torch.nonzero(~ended).flatten()
+                if len(kept) == 0:
+                    break
+                decoder.keep(kept)
+                live, token = live[kept], token[kept]
+                if generators is not None:
+                    generators = [generators[i] for i in kept.tolist()]
+            logits = decoder.step(token)
     finally:
         model.train(was_training)
-    completion_ids = torch.stack(tokens, dim=1)
-    logprobs = torch.stack(logps, dim=1)
-    columns = torch.arange(completion_ids.shape[1], device=device)
-    completion_mask = (columns[None, :] < lengths[:, None]).long()
+    width = int(lengths.max())
+    columns = torch.arange(width, device=device)
+    batch = PaddingCollator(pad_id, padding_side="left")([{"input_ids": p} for p in prompts])
     return Rollout(
         prompt_ids=batch["input_ids"],
         prompt_mask=batch["attention_mask"],
-        completion_ids=completion_ids.cpu(),
-        completion_mask=completion_mask.cpu(),
-        logprobs=logprobs.cpu(),
-        finished=done.cpu(),
+        completion_ids=tokens[:, :width].cpu(),
+        completion_mask=(columns[None, :] < lengths[:, None]).long().cpu(),
+        logprobs=logps[:, :width].cpu(),
+        finished=finished.cpu(),
     )
 
 
@@ -207,10 +200,11 @@ def _draw(logits: torch.Tensor, settings: SamplingSettings, generators):
     return token, logp_all.gather(-1, token[:, None])[:, 0]
 
 
-def _hit_stop_strings(token, alive, texts, tokenizer, stop_strings) -> torch.Tensor:
-    hit = torch.zeros_like(alive)
-    for row in torch.nonzero(alive).flatten().tolist():
-        texts[row] += tokenizer.decode([int(token[row])], skip_special_tokens=True)
-        if any(stop in texts[row] for stop in stop_strings):
-            hit[row] = True
+def _hit_stop_strings(token, live, texts, tokenizer, stop_strings) -> torch.Tensor:
+    """(N,) True where decoder row i's completion (prompt row live[i]) now contains a
+    stop string; appends each row's new token text to texts[live[i]]."""
+    hit = torch.zeros(len(token), dtype=torch.bool, device=token.device)
+    for i, row in enumerate(live.tolist()):
+        texts[row] += tokenizer.decode([int(token[i])], skip_special_tokens=True)
+        hit[i] = any(stop in texts[row] for stop in stop_strings)
     return hit

@@ -130,8 +130,9 @@ def test_grpo_raises_the_reward(rl_files, tmp_path):
 
 def test_rollout_logprobs_match_the_training_forward(rl_files):
     """The right-padded prompt+completion forward (`PolicyForward`, as the optimizer step
-    runs it) gives the sampler's own log-probs (left-padded, KV cache) at the sampling
-    temperature; the reference (the same weights) gives the same."""
+    runs it) gives the sampler's own log-probs (packed prefill, KV cache) at the sampling
+    temperature, which is why RL uses the sampler's as the "old" log-probs; the reference
+    pass (the same weights) gives the same."""
     from alignkit.data.templating import ChatEncoder, pad_token_id
     from alignkit.methods.rl import ActorCritic, PolicyForward, score_completions
     from alignkit.models.loading import load_model_and_tokenizer
@@ -152,11 +153,13 @@ def test_rollout_logprobs_match_the_training_forward(rl_files):
     )
     rows = completion_rows(rollout, ids, pad_token_id(tokenizer))
     forward = PolicyForward(ActorCritic(model), temperature=0.7)
-    old, ref, values = score_completions(
+    with torch.no_grad():
+        trained = forward(rows)["logps"]
+    torch.testing.assert_close(trained, rollout.logprobs, atol=1e-4, rtol=1e-4)
+    ref, values = score_completions(
         forward, CausalLMLogps(model, temperature=0.7), contextlib.nullcontext, rows, 2, "cpu"
     )
-    torch.testing.assert_close(old, rollout.logprobs, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ref, old, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref, trained, atol=1e-5, rtol=1e-5)
     assert values is None
 
 
