@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        from alignkit.ops import threads
+
+        threads.enable()  # CPU threads follow the cores other processes leave free
         return int(args.run(args) or 0)
     except AlignkitError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.data.collators import PaddingCollator
+from alignkit.ops import threads
 from alignkit.rollout.decoder import open_decoder
 
 
@@ -139,6 +140,7 @@ def sample(
         decoder = open_decoder(model, max_new_tokens=steps, pad_id=pad_id)
         logits = decoder.prefill(prompts)
         for step in range(steps):
+            threads.tick()
             token, logp = _draw(logits, settings, generators)
             tokens[live, step] = token
             logps[live, step] = logp

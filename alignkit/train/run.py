@@ -43,6 +43,7 @@ from alignkit.errors import AlignkitError
 from alignkit.fsutil import atomic_directory
 from alignkit.models.device import bf16_supported, select_device
 from alignkit.models.lora import enable_gradient_checkpointing
+from alignkit.ops import threads
 from alignkit.ops.logprobs import set_grad_accumulation_fusion
 from alignkit.train.checkpoint import (
     TrainerState,
@@ -129,6 +130,7 @@ class Run:
             last = i == len(batches) - 1
             sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
             batch = batch_to(batch, self.device)
+            threads.tick()
             self.memory.before_pass()
             with sync:
                 with self.autocast():
