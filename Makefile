@@ -64,6 +64,7 @@ bench-sft: bench-install
 
 bench-dpo: bench-install
 	$(BENCH_PY) benchmarks/dpo_vs_trl.py
+	$(BENCH_PY) benchmarks/dpo_vs_trl.py --defaults
 
 bench-generate: install
 	$(PY) benchmarks/generate_vs_hf.py
@@ -73,7 +74,7 @@ bench-threads: install
 	$(PY) benchmarks/threads_under_load.py
 
 bench-ppo: install
-	$(PY) benchmarks/ppo_sentiment.py
+	$(PY) benchmarks/ppo_sentiment.py --kl-coefs 0.05
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

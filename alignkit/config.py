@@ -200,15 +200,23 @@ class TokenCapSettings(Settings):
     """For methods whose loss is a sum over examples (SFT, DPO family, reward models);
     KTO and RL couple the examples of a forward pass."""
 
-    micro_batch_tokens: int | None = setting(
-        None,
+    micro_batch_tokens: int | str | None = setting(
+        "auto",
         "also cap each forward pass at this many tokens (whole examples; bounds activation "
-        "memory with long-tailed lengths; the gradient is unchanged); null: no cap",
+        "memory with long-tailed lengths; the gradient is unchanged); auto: sized from the "
+        "model so activations stay near half the weights + gradients + AdamW state; null: no cap",
     )
 
     def validate(self) -> None:
         super().validate()
-        self.positive("micro_batch_tokens")
+        if isinstance(self.micro_batch_tokens, str):
+            if self.micro_batch_tokens != "auto":
+                raise ConfigError(
+                    "micro_batch_tokens must be a number of tokens, auto or null, "
+                    f"got {self.micro_batch_tokens!r}"
+                )
+        else:
+            self.positive("micro_batch_tokens")
 
 
 def defaults(**values):
@@ -482,8 +490,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        first_error = None
+        for inner in (a for a in args if a is not type(None)):  # in declared order
+            try:
+                return _coerce(value, inner, key)
+            except ConfigError as err:
+                first_error = first_error or err
+        raise first_error
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value

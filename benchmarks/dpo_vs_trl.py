@@ -67,8 +67,14 @@ def real_tokens(model_dir, data_path, args) -> tuple[int, int]:
 
 
 def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool) -> dict:
-    cap = (
-        [] if args.micro_batch_tokens is None else [f"micro_batch_tokens={args.micro_batch_tokens}"]
+    # --defaults: alignkit chooses its own memory settings (token cap, checkpointing)
+    knobs = (
+        []
+        if args.defaults
+        else [
+            f"micro_batch_tokens={'null' if args.micro_batch_tokens is None else args.micro_batch_tokens}",
+            f"gradient_checkpointing={str(checkpointing).lower()}",
+        ]
     )
     config = load_config(
         DPOConfig,
@@ -88,8 +94,7 @@ def run_alignkit(model_dir, data_path, args, workdir: Path, checkpointing: bool)
             "lr_schedule=constant",
             "loss=dpo",
             f"beta={args.beta}",
-            f"gradient_checkpointing={str(checkpointing).lower()}",
-            *cap,
+            *knobs,
         ],
     )
     result = {}
@@ -148,8 +153,20 @@ def main() -> None:
         help="gradient checkpointing setting(s) to compare (TRL's padded batch of 16 pairs "
         "does not fit in memory with it off)",
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_vs_trl.json"))
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="the new user's comparison: 4 steps x 8 pairs (micro 8), max_length 1024, TRL with "
+        "checkpointing off, alignkit with no memory settings at all (its defaults choose)",
+    )
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.defaults:
+        args.steps, args.batch_size, args.micro_batch_size = 4, 8, 8
+        args.max_length, args.only, args.micro_batch_tokens = 1024, "off", "defaults"
+    if args.out is None:
+        name = "dpo_vs_trl_defaults.json" if args.defaults else "dpo_vs_trl.json"
+        args.out = Path("benchmarks/results") / name
     logging.basicConfig(level=logging.WARNING)
 
     model_dir = resolve_model_path(DEFAULT_MODEL)
@@ -171,7 +188,8 @@ def main() -> None:
             results[f"TRL DPOTrainer, checkpointing {setting}"] = run_trl(
                 model_dir, records, args, workdir, checkpointing
             )
-            results[f"alignkit dpo, checkpointing {setting}"] = run_alignkit(
+            alignkit_name = "defaults" if args.defaults else f"checkpointing {setting}"
+            results[f"alignkit dpo, {alignkit_name}"] = run_alignkit(
                 model_dir, data_path, args, workdir, checkpointing
             )
 
@@ -196,11 +214,17 @@ def main() -> None:
         f"{'':<40}{'seconds':>9}{'peak MiB':>10}{'of matmul':>11}{'speed vs TRL':>14}{'memory vs TRL':>15}"
     )
     for name, r in results.items():
-        baseline = results[name.replace("alignkit dpo", "TRL DPOTrainer")]
+        baseline = results[
+            "TRL DPOTrainer, checkpointing off"
+            if args.defaults
+            else name.replace("alignkit dpo", "TRL DPOTrainer")
+        ]
         r["utilisation"] = work / r["seconds"] / machine
         if name.startswith("alignkit"):
             r["utilisation_on_executed_tokens"] = r["utilisation"] * executed_tokens / tokens
-        if "checkpointing on" in name:  # the recomputed forward is work done, not progress
+        if (
+            "checkpointing on" in name and not args.defaults
+        ):  # the recomputed forward is work done, not progress
             r["utilisation_counting_recompute"] = (
                 (work + 2 * parameters * tokens) / r["seconds"] / machine
             )

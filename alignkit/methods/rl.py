@@ -290,7 +290,9 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
             done = step + 1
             if eval_prompts and config.eval_every and done % config.eval_every == 0:
                 metrics.update(
-                    evaluate_prompts(run, eval_prompts, judge, tokenizer, reference_context, config)
+                    evaluate_prompts(
+                        run, eval_prompts, judge, tokenizer, reference, reference_context, config
+                    )
                 )
             if (
                 config.sample_every
@@ -304,7 +306,7 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
 
         if eval_prompts and not (config.eval_every and state.step % config.eval_every == 0):
             final_eval = evaluate_prompts(
-                run, eval_prompts, judge, tokenizer, reference_context, config
+                run, eval_prompts, judge, tokenizer, reference, reference_context, config
             )
             last_metrics = {**last_metrics, **final_eval}
             run.sink.step(state.step, final_eval, advance=False)
@@ -451,9 +453,11 @@ def load_reference(config: RLConfig, device):
     return reference.eval()
 
 
-def evaluate_prompts(run, prompts, judge, tokenizer, reference_context, config) -> dict:
+def evaluate_prompts(run, prompts, judge, tokenizer, reference, reference_context, config) -> dict:
     """Held-out `eval/objective/scores` and `eval/objective/kl` (k1, per completion) from
-    one sampled completion per prompt, each process taking its shard."""
+    one sampled completion per prompt, each process taking its shard. The KL is to
+    `reference` (a frozen model), or without one to the policy inside
+    `reference_context()` (LoRA with its adapter disabled)."""
     settings = SamplingSettings(
         **{**vars(sampling_settings(config)), "seed": config.seed * 1_000_003 + 999_983}
     )
@@ -467,7 +471,8 @@ def evaluate_prompts(run, prompts, judge, tokenizer, reference_context, config) 
         [prompts[i] for i in shard],
         judge,
         settings,
-        reference_context=reference_context,
+        reference=reference,
+        reference_context=None if reference is not None else reference_context,
         batch_size=config.batch_size,
         row_ids=shard,
     )

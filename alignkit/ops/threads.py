@@ -12,7 +12,8 @@ The load of other processes is measured, not guessed: the CPU time the whole mac
 spent busy (/proc/stat) minus this process's own CPU time, over the last interval.
 Where /proc/stat is missing (not Linux) the governor keeps the thread count fixed.
 
-The command line enables it (`enable()`; `ALIGNKIT_THREADS=N` fixes N threads instead);
+The command line enables it (`enable()`; `ALIGNKIT_THREADS=N` fixes N threads instead,
+and an explicit `OMP_NUM_THREADS`, which torchrun sets to 1 per process, is left alone);
 library code calls `tick()` between operations, a no-op unless enabled.
 """
 
@@ -92,8 +93,10 @@ class ThreadGovernor:
 def enable(setting: str | None = None) -> None:
     """Start governing threads (setting "auto", the default) or fix them ("N")."""
     global _governor
-    setting = setting or os.environ.get("ALIGNKIT_THREADS", "auto")
-    if setting == "auto":
+    setting = setting or os.environ.get("ALIGNKIT_THREADS")
+    if setting is None and "OMP_NUM_THREADS" in os.environ:
+        return  # an explicit OpenMP setting (torchrun sets 1 per process) is respected
+    if setting in (None, "auto"):
         _governor = ThreadGovernor()
         return
     try:

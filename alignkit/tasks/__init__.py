@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+
 from alignkit.errors import AlignkitError
 
-TASKS = ("sentiment",)
+# task name -> (module, attribute) of its Task
+_TASKS = {
+    "sentiment": ("alignkit.tasks.sentiment", "TASK"),
+    "sentiment-chat": ("alignkit.tasks.sentiment", "CHAT_TASK"),
+}
+TASKS = tuple(_TASKS)
 
 
 def get_task(name: str):
-    if name == "sentiment":
-        from alignkit.tasks import sentiment
-
-        return sentiment.TASK
-    raise AlignkitError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+    if name not in _TASKS:
+        raise AlignkitError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+    module, attribute = _TASKS[name]
+    return getattr(importlib.import_module(module), attribute)

@@ -6,7 +6,8 @@ reward). Here the prompts are review openings written for alignkit and the oracl
 VADER's compound sentiment score of the completion (Hutto and Gilbert 2014), in [-1, 1]:
 rule-based, deterministic, and fast enough to label thousands of samples on a CPU.
 
-Prompts are plain text (no chat template): the model continues the review. Train and
+Prompts are plain text (no chat template): the model continues the review; the
+`sentiment-chat` variant asks for the same continuation in a chat message. Train and
 held-out prompts share openers but never a film, so held-out reward measures
 generalisation to new subjects.
 """
@@ -97,4 +98,15 @@ class Task:
     max_new_tokens: int
 
 
+def chat_prompts(split: str = "train") -> list[list[dict]]:
+    """The same openings as one-message chats, "Continue this movie review: <opening>",
+    for chat models (the instruction-tuned default model answers a chat more naturally
+    than it continues raw text)."""
+    return [
+        [{"role": "user", "content": f"Continue this movie review: {opening}"}]
+        for opening in prompts(split)
+    ]
+
+
 TASK = Task(name="sentiment", prompts=prompts, oracle=oracle, max_new_tokens=48)
+CHAT_TASK = Task(name="sentiment-chat", prompts=chat_prompts, oracle=oracle, max_new_tokens=48)

@@ -22,6 +22,7 @@ the uninterrupted run.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,10 @@ import torch
 from alignkit.data.collators import batch_to
 from alignkit.errors import AlignkitError
 from alignkit.train.distributed import DistEnv
+from alignkit.train.memory import token_cap
 from alignkit.train.run import StepFn, TrainResult, open_run
+
+log = logging.getLogger("alignkit")
 
 
 def count_target_tokens(batch: dict) -> int:
@@ -114,7 +118,7 @@ def train(
     eval_examples: Sequence | None = None,
     units_fn: Callable[[dict], int] = count_target_tokens,
     finalize: Callable | None = None,
-    max_tokens: int | None = None,
+    max_tokens: int | str | None = None,
 ) -> TrainResult:
     """Train `model` on `examples`; write the run folder; return where `final/` is.
 
@@ -123,12 +127,16 @@ def train(
     torchrun. `finalize(model, tokenizer, final_dir) -> metrics | None`, when given,
     writes `final/` instead of `save_final` (on the main process); the metrics it
     returns are logged at the last step. `max_tokens` caps the tokens of each forward
-    pass (`split_micro_batches`; a method's `micro_batch_tokens`).
+    pass (`split_micro_batches`; a method's `micro_batch_tokens`; "auto": sized from
+    the model, `train.memory.token_cap`).
     """
     if not examples:
         raise AlignkitError(
             "no training examples left after encoding; see the truncation report above"
         )
+    max_tokens = token_cap(max_tokens, model)
+    if max_tokens is not None:
+        log.info("at most %d tokens per forward pass (micro_batch_tokens)", max_tokens)
     split = functools.partial(split_micro_batches, micro=config.micro_batch, max_tokens=max_tokens)
     steps = total_steps(config, len(examples))
     fingerprint = {"examples": len(examples), "batch_size": config.batch_size, "seed": config.seed}

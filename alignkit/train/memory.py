@@ -15,6 +15,12 @@ What they do, and why each one lowers peak memory without changing a result:
 - **Free heap pages back to the OS before each pass** (`before_pass`, CPU only): glibc's
   `malloc_trim` (DPO probe: 2529 -> 2430 MiB peak, same time).
 
+The token cap per forward pass (`micro_batch_tokens`, default `auto`, `token_cap`) bounds
+activation memory where lengths are long-tailed; `auto` sizes it from the model so that
+activations stay near half of the weights + gradients + AdamW state (135M model: 1024
+tokens; DPO benchmark of 8 pairs up to 1024 tokens, docs/benchmarks.md: no cap 97.6 s /
+5779 MiB, 1024 tokens 74.8 s / 3405 MiB, 512 tokens 81.7 s / 2913 MiB).
+
 Keeping gradients allocated must not change what the optimizer does: a parameter that
 got no gradient in a step is shown to AdamW without one (its `.grad` is set to None for
 the update and restored afterwards), so it is neither decayed nor are its moments moved,
@@ -31,6 +37,35 @@ import torch
 
 from alignkit.ops.grad_accumulation import written_in_place
 from alignkit.train.heap import release_free_heap
+
+# Activation floats kept per token for the backward pass of a Llama-like decoder, per
+# layer: about 6 x hidden (norm inputs, attention projections and output) + 2 x
+# intermediate (MLP); plus the vocabulary-wide logits. Fitted to the 135M model's
+# measured growth (0.96 MiB per token; this estimate gives 0.98 MiB).
+_HIDDEN_FLOATS, _INTERMEDIATE_FLOATS = 6, 2
+_CAP_RANGE = (256, 16384)
+
+
+def token_cap(setting, model) -> int | None:
+    """The tokens per forward pass for `micro_batch_tokens` = `setting` (a number, None
+    for no cap, or "auto": activations near half the weights + gradients + AdamW state,
+    4 bytes per weight and 12 more per trained one, in multiples of 256)."""
+    if setting != "auto":
+        return setting
+    config = getattr(model, "config", None)
+    sizes = [getattr(config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size")]
+    if None in sizes:
+        return None  # not a transformers decoder: no estimate, no cap
+    layers, hidden, vocab = sizes
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    per_token = 4 * (
+        layers * (_HIDDEN_FLOATS * hidden + _INTERMEDIATE_FLOATS * intermediate) + vocab
+    )
+    weights = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    budget = (4 * weights + 12 * trained) / 2
+    low, high = _CAP_RANGE
+    return int(min(high, max(low, budget / per_token)) // 256 * 256)
 
 
 class MemoryPlan:

@@ -396,13 +396,15 @@ def prompt_number_reward(prompt, completion):
 
 def test_eval_data_is_evaluated_every_eval_every_steps_and_at_the_end(rl_files, tmp_path):
     """Held-out prompts "Words 40:" .. "Words 45:" under a prompt-only score: the
-    held-out mean score is (40 + ... + 45) / 6 / 100 = 0.425 whatever is sampled."""
+    held-out mean score is (40 + ... + 45) / 6 / 100 = 0.425 whatever is sampled. PPO
+    (whitened advantages from a fresh critic) moves the policy under that score, so the
+    held-out KL to the start is not zero."""
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text(
         "".join(json.dumps({"prompt": f"Words {i}:"}) + "\n" for i in range(40, 46))
     )
-    run_grpo(
-        GRPOConfig(
+    run_ppo(
+        PPOConfig(
             **rl_settings(
                 rl_files,
                 tmp_path / "eval",
@@ -411,7 +413,6 @@ def test_eval_data_is_evaluated_every_eval_every_steps_and_at_the_end(rl_files, 
                 eval_every=2,
                 max_steps=3,
                 batch_size=4,
-                num_generations=2,
             )
         )
     )
@@ -420,7 +421,29 @@ def test_eval_data_is_evaluated_every_eval_every_steps_and_at_the_end(rl_files, 
     assert [m["step"] for m in evaluated] == [2, 3]
     for m in evaluated:
         assert m["eval/objective/scores"] == pytest.approx(0.425, abs=1e-9)
-        assert m["eval/objective/kl"] == m["eval/objective/kl"]  # a number, not NaN
+    # The final evaluation's KL is the trained policy's to the starting model: recomputed
+    # here from the saved final/ and the start folder with the same sampling seeds. (It
+    # once measured the policy against itself and logged 0.)
+    from alignkit.evaluate.policy import evaluate_policy
+    from alignkit.feedback.function import load_judge
+    from alignkit.methods.rl import sampling_settings
+    from alignkit.models.loading import load_model_and_tokenizer
+
+    config = PPOConfig(**rl_settings(rl_files, tmp_path / "unused"))
+    final, tokenizer = load_model_and_tokenizer(str(tmp_path / "eval" / "final"), device="cpu")
+    start, _ = load_model_and_tokenizer(config.model, device="cpu")
+    settings = sampling_settings(config)
+    settings.seed = config.seed * 1_000_003 + 999_983
+    expected = evaluate_policy(
+        final,
+        tokenizer,
+        [f"Words {i}:" for i in range(40, 46)],
+        load_judge("tests.integration.test_rl:prompt_number_reward"),
+        settings,
+        reference=start,
+    )
+    assert abs(expected.kl) > 1e-4  # three PPO steps moved the policy (k1 can be < 0)
+    assert evaluated[-1]["eval/objective/kl"] == pytest.approx(expected.kl, rel=1e-4, abs=1e-6)
 
 
 def test_two_ddp_processes_equal_one_process(rl_files, tmp_path):

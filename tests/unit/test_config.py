@@ -121,3 +121,26 @@ def test_every_key_of_every_command_is_read_by_the_code():
         if f.name not in read
     }
     assert not unread
+
+
+def test_micro_batch_tokens_is_auto_a_number_or_null():
+    from alignkit.config import DPOConfig
+
+    assert load_config(DPOConfig).micro_batch_tokens == "auto"
+    assert load_config(DPOConfig, None, ["micro_batch_tokens=512"]).micro_batch_tokens == 512
+    assert load_config(DPOConfig, None, ["micro_batch_tokens=null"]).micro_batch_tokens is None
+    with pytest.raises(ConfigError, match="micro_batch_tokens must be a number of tokens, auto"):
+        load_config(DPOConfig, None, ["micro_batch_tokens=many"])
+    with pytest.raises(ConfigError, match="micro_batch_tokens must be positive"):
+        load_config(DPOConfig, None, ["micro_batch_tokens=0"])
+
+
+def test_the_shipped_ppo_example_config_loads():
+    """examples/ppo_sentiment.yaml (docs/rl.md) stays a valid `alignkit ppo --config`."""
+    from pathlib import Path
+
+    from alignkit.config import PPOConfig
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "ppo_sentiment.yaml"
+    config = load_config(PPOConfig, path)
+    assert config.task == "sentiment-chat" and config.max_steps == 8 and config.batch_size == 16

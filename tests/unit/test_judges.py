@@ -44,3 +44,18 @@ def test_sentiment_task_prompts_and_oracle():
     assert all(any(film in p for film in HELD_OUT_FILMS) for p in test)
     assert oracle("x", "A wonderful, moving film.") > 0.5 > -0.5 > oracle("x", "Dull and awful.")
     assert oracle("x", "   ") == 0.0
+
+
+def test_sentiment_chat_task_asks_for_the_same_openings_in_a_chat():
+    from alignkit.tasks import get_task
+    from alignkit.tasks.sentiment import prompts
+
+    chat = get_task("sentiment-chat")
+    test = chat.prompts("test")
+    assert test[0] == [
+        {"role": "user", "content": f"Continue this movie review: {prompts('test')[0]}"}
+    ]
+    assert len(test) == 80 and chat.oracle("x", "A wonderful film.") > 0.5
+    assert load_judge("task:sentiment-chat").score(test[0], "Dull and awful.") < -0.5
+    with pytest.raises(AlignkitError, match="built-in tasks: sentiment, sentiment-chat"):
+        get_task("imdb")

@@ -65,6 +65,14 @@ def test_governor_keeps_threads_without_proc_stat():
     assert torch.get_num_threads() == 2
 
 
+def test_an_explicit_omp_setting_is_left_alone(monkeypatch):
+    monkeypatch.delenv("ALIGNKIT_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    threads.enable()
+    assert threads._governor is None and torch.get_num_threads() == 1
+
+
 def test_fixed_thread_count_from_the_environment(monkeypatch):
     monkeypatch.setenv("ALIGNKIT_THREADS", "1")
     threads.enable()

@@ -273,3 +273,31 @@ def test_release_free_heap_hands_freed_blocks_back_to_the_os():
     )
     returned = int(out.stdout.strip())
     assert returned > 0.5 * freed_bytes, (returned, freed_bytes)
+
+
+class _Sized(torch.nn.Module):
+    """A stand-in model: a config with the sizes token_cap reads, and `weights` weights."""
+
+    def __init__(self, weights: int, trained: bool):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(
+            num_hidden_layers=2, hidden_size=64, intermediate_size=128, vocab_size=1000
+        )
+        self.weight = torch.nn.Parameter(torch.empty(weights, device="meta"), requires_grad=trained)
+
+
+def test_token_cap_auto_keeps_activations_near_half_the_training_state():
+    from alignkit.train.memory import token_cap
+
+    # per token: 4 bytes x (2 layers x (6 x 64 + 2 x 128) + 1000) = 9120 bytes
+    # 1M trained weights: (4 + 12) x 1M / 2 = 8e6 bytes -> 877 tokens -> 768 (x 256)
+    assert token_cap("auto", _Sized(1_000_000, trained=True)) == 768
+    # frozen weights (LoRA's base): 4 x 1M / 2 = 2e6 -> 219 tokens -> the 256 floor
+    assert token_cap("auto", _Sized(1_000_000, trained=False)) == 256
+    # 1e9 trained: 8e9 / 9120 = 877k tokens -> the 16384 ceiling
+    assert token_cap("auto", _Sized(1_000_000_000, trained=True)) == 16384
+    assert token_cap(300, _Sized(10, trained=True)) == 300
+    assert token_cap(None, _Sized(10, trained=True)) is None
+    assert token_cap("auto", torch.nn.Linear(2, 2)) is None  # no decoder config: no cap
