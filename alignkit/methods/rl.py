@@ -471,8 +471,8 @@ def evaluate_prompts(run, prompts, judge, tokenizer, reference, reference_contex
         [prompts[i] for i in shard],
         judge,
         settings,
-        reference=reference,
-        reference_context=None if reference is not None else reference_context,
+        reference=reference,  # when given, evaluate_policy ignores reference_context
+        reference_context=reference_context,
         batch_size=config.batch_size,
         row_ids=shard,
     )

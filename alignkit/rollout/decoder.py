@@ -9,11 +9,11 @@ Two decoders implement it:
 
 - `LlamaDecoder`, for Llama-family models (Llama, Qwen2, Mistral without a sliding
   window): it runs the model's own modules with a preallocated KV cache, prefills all
-  prompts packed into one sequence (a block-diagonal causal mask, so no compute is spent
-  on padding, which for long-tailed prompt lengths is most of a padded batch), and on the
-  CPU in float32 multiplies by weights pre-packed for oneDNN (about twice as fast as
-  plain `F.linear` for the few-row products of a decode step; profile in
-  docs/benchmarks.md). The arithmetic follows transformers' Llama code op for op, so
+  prompts packed into one sequence, each prompt attending causally to itself only (no
+  compute is spent on padding, which for long-tailed prompt lengths is most of a padded
+  batch), and on the CPU in float32 multiplies by weights pre-packed for oneDNN (about
+  1.5x faster than plain `F.linear` for the few-row products of a decode step; profile
+  in docs/benchmarks.md). The arithmetic follows transformers' Llama code op for op, so
   logits agree with the model's forward to float rounding (tested).
 - `ModelDecoder`, for any other causal LM: the model's forward with its DynamicCache,
   prompts left-padded.
@@ -33,7 +33,7 @@ from torch import nn
 from alignkit.data.collators import PaddingCollator
 from alignkit.ops.modules import unwrap
 
-# Tokens per packed prefill forward: bounds the (T, T) attention mask and scores.
+# Tokens per packed prefill forward: bounds the activations of one prefill pass.
 PREFILL_TOKENS = 2048
 
 
@@ -123,6 +123,8 @@ class LlamaDecoder:
         self.inner = base.model
         self.lm_head = Projection(base.lm_head)
         self.layers = [_Layer(layer) for layer in self.inner.layers]
+        self.projections = [p for layer in self.layers for p in layer.projections()]
+        self.projections.append(self.lm_head)
         self.final_norm = _rms_norm(self.inner.norm)
         rotary = self.inner.rotary_emb
         self.inv_freq = rotary.inv_freq
@@ -161,16 +163,14 @@ class LlamaDecoder:
         self.valid[:, longest:] = False
         self.positions = lengths.clone()
         self.column = longest
-        for layer in self.layers:
-            layer.unpack()  # prefill products have many rows: plain F.linear is fastest
-        self.lm_head.unpack()
+        for projection in self.projections:
+            projection.unpack()  # prefill products have many rows: plain F.linear is fastest
         last = []
         for chunk in _chunks(prompts, PREFILL_TOKENS):
             last.append(self._prefill_chunk(prompts, chunk, longest))
         hidden = torch.cat(last)
-        for layer in self.layers:
-            layer.pack(rows)
-        self.lm_head.pack(rows)
+        for projection in self.projections:
+            projection.pack(rows)
         return self.lm_head(self.final_norm(hidden)).float()
 
     def _prefill_chunk(self, prompts, chunk: range, longest: int) -> torch.Tensor:
@@ -312,14 +312,6 @@ class _Layer:
 
     def projections(self) -> tuple[Projection, ...]:
         return (self.qkv, self.o, self.gate_up, self.down)
-
-    def pack(self, rows: int) -> None:
-        for projection in self.projections():
-            projection.pack(rows)
-
-    def unpack(self) -> None:
-        for projection in self.projections():
-            projection.unpack()
 
 
 class Projection:

@@ -1,9 +1,9 @@
 """Batched sampling with a KV cache, for RL rollouts and `alignkit generate`.
 
-Prompts are left-padded so every row's next token is appended at the same column; the
-attention mask hides the pads and position ids count real tokens only, so a prompt gets
-the same continuation distribution whatever it is batched with. Each step feeds only the
-newly sampled tokens through the cache.
+The model runs in a decoder (`alignkit.rollout.decoder`): prompts are prefilled once,
+then each step feeds only the newly sampled tokens through the KV cache. Pads never
+reach a real token (masked, and position ids count real tokens only), so a prompt gets
+the same continuation distribution whatever it is batched with.
 
 Seeded sampling gives every row its own random stream (a generator per row, seeded from
 `row_seeds` or from `settings.seed` and the row number) and draws by the Gumbel-max trick
