@@ -119,3 +119,75 @@ def test_settings_are_validated():
         SamplingSettings(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingSettings(max_new_tokens=0)
+
+
+def test_filter_logits_per_row_rules():
+    """Row 0 keeps its top 2 by top_k, row 1 its nucleus at 0.8, row 2 everything."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    filtered = filter_logits(
+        logits, top_k=torch.tensor([2, 0, 0]), top_p=torch.tensor([1.0, 0.8, 1.0])
+    )
+    assert torch.isfinite(filtered).tolist() == [
+        [True, True, False, False],
+        [True, True, False, False],
+        [True, True, True, True],
+    ]
+
+
+def test_per_row_settings_give_each_row_what_it_gets_alone(model, prompts, tokenizer):
+    """A server batches requests with different settings: every row's completion equals
+    that row sampled alone with its own settings and seed."""
+    per_row = [
+        SamplingSettings(max_new_tokens=3, temperature=0),
+        SamplingSettings(max_new_tokens=7, temperature=0.8, top_k=20, seed=11),
+    ]
+    together = sample(
+        model, prompts, per_row, eos_ids=-1, pad_id=tokenizer.pad_token_id, tokenizer=tokenizer
+    )
+    for row, settings in enumerate(per_row):
+        alone = sample(
+            model,
+            [prompts[row]],
+            [settings],
+            eos_ids=-1,
+            pad_id=tokenizer.pad_token_id,
+            tokenizer=tokenizer,
+        )
+        assert together.completion_lists()[row] == alone.completion_lists()[0]
+        assert_close(
+            together.logprobs[row, : settings.max_new_tokens], alone.logprobs[0], atol=1e-5, rtol=0
+        )
+    assert [len(c) for c in together.completion_lists()] == [3, 7]
+    assert not together.finished.any()
+
+
+def test_top_logprobs_are_the_most_likely_tokens(model, prompts, tokenizer):
+    rollout = run(model, prompts[:1], tokenizer, max_new_tokens=2, temperature=0, top_logprobs=3)
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([prompts[0]])).logits[0, -1], -1)
+    values, ids = expected.topk(3)
+    assert rollout.top_ids[0, 0].tolist() == ids.tolist()
+    assert_close(rollout.top_logprobs[0, 0], values, atol=1e-4, rtol=0)
+    assert rollout.top_ids[0, 0, 0] == rollout.completion_ids[0, 0]  # greedy: the best one
+    assert rollout.top_ids.shape == (1, 2, 3)
+
+
+def test_on_step_sees_every_token_and_can_cancel_a_row(model, prompts, tokenizer):
+    seen = {0: [], 1: []}
+
+    def on_step(rows, tokens):
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            seen[row].append(token)
+        return [0] if len(seen[0]) == 2 else None  # client 0 leaves after two tokens
+
+    rollout = sample(
+        model,
+        prompts,
+        SamplingSettings(max_new_tokens=6, temperature=0),
+        eos_ids=-1,
+        pad_id=tokenizer.pad_token_id,
+        on_step=on_step,
+    )
+    assert [len(c) for c in rollout.completion_lists()] == [2, 6]
+    assert rollout.completion_lists() == [seen[0], seen[1]]
+    assert not rollout.finished.any()
