@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "alignkit.cli.rm",
     "alignkit.cli.score",
     "alignkit.cli.generate",
+    "alignkit.cli.label",
+    "alignkit.cli.cai",
+    "alignkit.cli.serve",
     "alignkit.cli.rl",
     "alignkit.cli.quickstart",
 )
