@@ -199,7 +199,7 @@ class LabelStore:
         now = time.time()
         with self._transaction() as db:
             for key, position, inputs in items:
-                text = _dumps(inputs)
+                text = _dumps(inputs, canonical=True)
                 row = db.execute("SELECT inputs FROM items WHERE key = ?", (key,)).fetchone()
                 if row is None:
                     db.execute(
@@ -347,8 +347,9 @@ def _item(row) -> Item:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+def _dumps(value: Any, *, canonical: bool = False) -> str:
+    """JSON text; `canonical` sorts keys, for values compared as text (inputs, config)."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=canonical)
 
 
 def _short(value: Any, limit: int = 80) -> str:
