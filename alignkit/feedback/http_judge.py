@@ -197,18 +197,24 @@ class HTTPJudge(PairwiseJudge):
 def option_probabilities(reply: dict) -> dict[str, float] | None:
     """{"A": p, "B": p} from the first generated token's log-probs in a chat completion
     (its own and its `top_logprobs` alternatives, each token counted once; a token
-    counts for a letter if it is the letter up to spaces and brackets), or None when the
-    reply carries no log-probs."""
+    counts for a letter if it is the letter up to spaces and brackets). None when the
+    reply carries no log-probs at all (the server does not give them); zeros when it
+    does but neither letter is among them, or no token is shown (the reply ended at once).
+    """
     try:
-        first = reply["choices"][0]["logprobs"]["content"][0]
-    except (KeyError, IndexError, TypeError):
+        logprobs = reply["choices"][0].get("logprobs")
+    except (KeyError, IndexError, TypeError, AttributeError):
         return None
-    if not isinstance(first, dict):
+    if not isinstance(logprobs, dict):
         return None
+    probs = dict.fromkeys(OPTIONS, 0.0)
+    content = logprobs.get("content") or []
+    if not content or not isinstance(content[0], dict):
+        return probs
+    first = content[0]
     candidates = {first.get("token"): first.get("logprob")}
     for alternative in first.get("top_logprobs") or []:
         candidates.setdefault(alternative.get("token"), alternative.get("logprob"))
-    probs = dict.fromkeys(OPTIONS, 0.0)
     for token, logprob in candidates.items():
         letter = (token or "").strip().strip("()[]*").strip()
         if letter in probs and isinstance(logprob, (int, float)):

@@ -230,3 +230,89 @@ def test_http_generator_asks_again_when_a_server_gives_fewer_choices(stub):
     assert stub.bodies[0]["max_tokens"] == 5 and stub.bodies[0]["messages"] == PROMPT
     stub.default = ok("one", "two")
     assert generator.generate([PROMPT, PROMPT], n=2) == [["one", "two"], ["one", "two"]]
+
+
+# ---- against alignkit's own server -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def letter_model(tokenizer):
+    """A tiny model whose output head is zero except for the option letters, set so that
+    for the pair (A, B) below the first reply token has logits "A": 5, "B": 4, " A": 3
+    and 0 for every other token: the letters are then among the top alternatives."""
+    model = tiny_model(seed=3, tokenizer=tokenizer, tie_word_embeddings=False).eval()
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": pairwise_prompt(PROMPT, A, B)}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        hidden = model.model(torch.tensor([ids])).last_hidden_state[0, -1]
+        head = model.lm_head.weight
+        head.zero_()
+        for letter, logit in {"A": 5.0, "B": 4.0, " A": 3.0}.items():
+            head[token(tokenizer, letter)] = logit * hidden / hidden.dot(hidden)
+    return model
+
+
+@pytest.fixture(scope="module")
+def served(letter_model, tokenizer):
+    """`alignkit serve`'s app over the letter model, run by uvicorn on a free local port."""
+    pytest.importorskip("alignkit.serve.app")
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from alignkit.serve.app import create_app
+    from alignkit.serve.engine import Engine
+
+    engine = Engine(letter_model, tokenizer)
+    app = create_app(engine, "tiny", api_key="sesame", default_max_tokens=16)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def test_http_judge_against_alignkit_serve(served, letter_model, tokenizer, tmp_path):
+    """Through our own server, the judge's log-prob reading equals the one computed from
+    the model's logits: the probabilities of the tokens spelling each letter among the
+    first token's top 20 alternatives, normalised. Verdict requests, retries with a seed,
+    generation with n and seed, and a wrong API key go over the same wire."""
+    endpoint = OpenAIEndpoint(served, "tiny", api_key="sesame", timeout=60.0, retries=1)
+    judge = HTTPJudge(endpoint, use_logprobs=True, both_orders=False)
+    [judgement] = judge.judge_pairs([PROMPT], [A], [B])
+    probs = next_token_probs(letter_model, tokenizer, pairwise_prompt(PROMPT, A, B), "")
+    letters = {"A": 0.0, "B": 0.0}
+    for i in probs.topk(20).indices.tolist():
+        letter = tokenizer.decode([i]).strip()
+        if letter in letters:
+            letters[letter] += float(probs[i])
+    expected = letters["A"] / (letters["A"] + letters["B"])
+    e = torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64).exp()
+    assert expected == pytest.approx(float((e[0] + e[2]) / e.sum()), abs=1e-4)
+    assert judgement.ok and judgement.p_a == pytest.approx(expected, abs=1e-4)
+
+    verdicts = HTTPJudge(endpoint, use_logprobs=False, max_tokens=8).judge_pairs([PROMPT], [A], [B])
+    assert verdicts[0].ok or verdicts[0].failure in ("malformed", "empty")  # asked and read
+
+    generator = HTTPGenerator(
+        OpenAIEndpoint(served, "tiny", api_key="sesame", cache=tmp_path / "gen.sqlite")
+    )
+    replies = generator.generate([PROMPT], n=2, max_new_tokens=5, temperature=1.0, seed=3)
+    assert len(replies[0]) == 2 and replies[0][0] != replies[0][1]
+
+    wrong_key = HTTPJudge(OpenAIEndpoint(served, "tiny", api_key="wrong", retries=3))
+    [refused] = wrong_key.judge_pairs([PROMPT], [A], [B])
+    assert refused.failure == "http" and "API key" in refused.detail

@@ -240,6 +240,9 @@ def test_option_probabilities_from_server_logprobs():
     assert probs == pytest.approx({"A": 0.6, "B": 0.2})
     assert option_probabilities({"choices": [{"message": {"content": "A"}}]}) is None
     assert option_probabilities(reply([("The", -0.1)])) == {"A": 0.0, "B": 0.0}
+    ended_at_once = {"choices": [{"message": {"content": ""}, "logprobs": {"content": []}}]}
+    assert option_probabilities(ended_at_once) == {"A": 0.0, "B": 0.0}
+    assert option_probabilities({"choices": [{"logprobs": None}]}) is None
 
 
 def test_load_judge_checks_remote_and_llm_options():
