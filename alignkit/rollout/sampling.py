@@ -6,8 +6,9 @@ reach a real token (masked, and position ids count real tokens only), so a promp
 the same continuation distribution whatever it is batched with.
 
 Seeded sampling gives every row its own random stream (a generator per row, seeded from
-`row_seeds` or from `settings.seed` and the row number) and draws by the Gumbel-max trick
-(argmax of log-probs plus Gumbel noise: an exact sample). A completion is then a function
+`row_seeds` or from `settings.seed` and the row number) and draws by inverting the
+cumulative distribution with one uniform number per row and step (an exact sample that
+costs one random draw per row, not one per vocabulary entry). A completion is then a function
 of its prompt and its seed alone, not of the rows it is batched with, so a rollout split
 over processes or micro-batches samples the same tokens (up to float rounding).
 
@@ -312,14 +313,14 @@ def _draw(logits: torch.Tensor, rules: _StepRules, generators):
     if generators is None:
         token = torch.multinomial(filtered.softmax(-1), 1)[:, 0]
     else:
-        # Gumbel-max: argmax(log p + G), G = -log(-log U), is a sample from p; filtered
-        # tokens stay at -inf. One uniform draw per vocabulary entry from each row's stream.
-        vocab = logits.shape[-1]
-        uniform = torch.stack(
-            [torch.rand(vocab, generator=g, device=logits.device) for g in generators]
-        )
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))
-        token = (filtered + gumbel).argmax(-1)
+        # Inverse CDF: the first token whose cumulative probability exceeds U * total is
+        # a sample from p (filtered tokens add no mass, so they are never the first). One
+        # uniform draw per row from its own stream; scaling by the total absorbs the
+        # cumsum's rounding.
+        cdf = filtered.softmax(-1).cumsum(-1)
+        uniform = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+        target = (uniform * cdf[:, -1])[:, None]
+        token = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=logits.shape[-1] - 1)
     token = torch.where(greedy, logits.argmax(-1), token)
     return token, logp_all.gather(-1, token[:, None])[:, 0], logp_all
 
