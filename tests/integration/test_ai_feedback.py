@@ -431,3 +431,130 @@ def test_label_killed_mid_run_resumes_without_asking_twice(
     # and the store holds one paid answer per pair
     db = sqlite3.connect(store)
     assert db.execute("SELECT COUNT(*), COUNT(DISTINCT item) FROM requests").fetchone() == (16, 16)
+
+
+def letter_judge_model(tokenizer, folder):
+    """A tiny model that, whatever it is shown, puts logit 5 on "A", 4 on "B" and 0 on
+    every other token as its next token: so `alignkit serve` returns both letters among
+    its top log-probs and the HTTP judge can read a verdict from any prompt. (Embedding
+    dimension 0 is 50 for every token, which keeps that dimension of the final hidden
+    state positive and dominant; the final norm keeps only it, the head reads only it.)"""
+    import torch
+
+    from alignkit.models.tiny import tiny_model
+
+    model = tiny_model(seed=5, tokenizer=tokenizer, tie_word_embeddings=False).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 50.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.lm_head.weight.zero_()
+        for letter, logit in {"A": 5.0, "B": 4.0}.items():
+            (i,) = tokenizer.encode(letter, add_special_tokens=False)
+            model.lm_head.weight[i, 0] = logit / model.config.hidden_size**0.5
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class Server:
+    """`alignkit serve` as a subprocess on a fixed port, killed with SIGKILL."""
+
+    def __init__(self, model_dir, port, env):
+        import httpx
+
+        command = [sys.executable, "-m", "alignkit", "serve", "--model", str(model_dir),
+                   "--port", str(port), "--served-name", "judge"]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, "alignkit serve exited"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("alignkit serve did not come up")
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def _request_log(store_path):
+    db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=5)
+    rows = db.execute("SELECT id, item, name, failure FROM requests ORDER BY id").fetchall()
+    db.close()
+    return rows
+
+
+def test_label_survives_the_judge_server_killed_and_restarted(
+    tiny_model_dir, tokenizer, write_jsonl, tmp_path
+):
+    """The judge is `alignkit serve` over HTTP. Killing the server mid-run turns the
+    requests in flight and after into recorded failures, never labels; after a restart
+    the same command labels what is missing, and no stored label is asked for again."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "ALIGNKIT_API_KEY"}
+    judge_dir = letter_judge_model(tokenizer, tmp_path / "judge-model")
+    prompts = [f"Question number {i}?" for i in range(12)]
+    data = write_jsonl([{"prompt": p} for p in prompts], "prompts.jsonl")
+    out, store = tmp_path / "prefs.jsonl", tmp_path / "prefs.run" / STORE_NAME
+    command = [sys.executable, "-m", "alignkit", "-q", "label", "--policy", str(tiny_model_dir),
+               "--data", str(data), "--judge", f"openai:http://127.0.0.1:{port}/v1",
+               "--judge-model", "judge", "--out", str(out), "--max-new-tokens", "6",
+               "--batch-size", "1"]  # fmt: skip
+
+    server = Server(judge_dir, port, env)
+    labeller = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while len(_labelled(store)) < 2 and labeller.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    server.kill()
+    while labeller.poll() is None and not any(f for *_, f in _request_log(store)):
+        time.sleep(0.05)  # until the labeller has met the dead server
+    server = Server(judge_dir, port, env)
+    try:
+        labeller.communicate(timeout=240)
+        first_log = _request_log(store)
+        failed = {item for _, item, _, failure in first_log if failure}
+        assert failed and all(f.startswith(("connection", "timeout")) for *_, f in first_log if f)
+        labelled_first = _labelled(store)
+        assert 2 <= len(labelled_first) < len(prompts)
+
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        server.kill()
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(labelled_first)} resumed from the store, 0 failed" in rerun.stdout
+    assert [r["prompt"][-1]["content"] for r in read_jsonl(out)] == prompts
+    # Per item: failures first, then exactly one paid answer, and nothing asked after it.
+    log = _request_log(store)
+    for item in {item for _, item, _, _ in log}:
+        rows = [failure for _, i, _, failure in log if i == item]
+        assert rows[-1] is None and all(f is not None for f in rows[:-1]), rows
+    assert all(row in log for row in first_log)
+    assert not {i for _, i, _, _ in log[len(first_log) :]} & {
+        item for _, item, _, failure in first_log if failure is None
+    }
+
+
+@pytest.mark.parametrize("command", ["label", "cai"])
+def test_the_docs_name_only_real_options(command):
+    """Every --option in docs/ai_feedback.md's usage block of a command exists."""
+    import re
+
+    from alignkit.cli import build_parser
+
+    docs = (Path(__file__).parents[2] / "docs" / "ai_feedback.md").read_text()
+    usage = re.search(rf"```\nalignkit {command} (.*?)```", docs, re.S).group(1)
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    known = {option for action in parser._actions for option in action.option_strings}
+    documented = set(re.findall(r"--[a-z-]+", usage))
+    assert documented and documented <= known, documented - known
