@@ -1,1 +1,1 @@
-"""Using a trained model: chat sessions (and, later, an OpenAI-compatible server)."""
+"""Using a trained model: chat sessions and the OpenAI-compatible server (`alignkit serve`)."""

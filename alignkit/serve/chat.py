@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from alignkit.data.collators import PaddingCollator
 from alignkit.data.templating import ChatEncoder, pad_token_id
-from alignkit.rollout.sampling import SamplingSettings
+from alignkit.rollout.sampling import SamplingSettings, sample
+from alignkit.serve.text import visible_text
 
 
 @dataclass
@@ -23,51 +21,25 @@ class GenerationSettings(SamplingSettings):
     temperature: float = 0.0
 
 
-@torch.no_grad()
 def generate_replies(
     model, tokenizer, conversations: list[list[dict]], settings: GenerationSettings
 ) -> list[str]:
-    """Reply to each conversation (a list of `{role, content}` ending with a user turn)."""
+    """Reply to each conversation (a list of `{role, content}` ending with a user turn),
+    through the project's one sampler; stop strings are cut from the reply."""
     encoder = ChatEncoder(tokenizer)
-    prompts = [{"input_ids": encoder.encode_prompt(conversation)} for conversation in conversations]
-    pad_id = pad_token_id(tokenizer)
-    batch = PaddingCollator(pad_id, padding_side="left")(prompts)
-    device = next(model.parameters()).device
-    sampling = settings.temperature > 0
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    options = dict(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=sampling,
-        pad_token_id=pad_id,
-        eos_token_id=tokenizer.eos_token_id,
+    prompts = [encoder.encode_prompt(conversation) for conversation in conversations]
+    rollout = sample(
+        model,
+        prompts,
+        settings,
+        eos_ids=encoder.stop_token_ids,
+        pad_id=pad_token_id(tokenizer),
+        tokenizer=tokenizer,
     )
-    if sampling:
-        options.update(
-            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None
-        )
-    else:  # silence generation_config sampling defaults that greedy decoding ignores
-        options.update(temperature=None, top_p=None, top_k=None)
-    was_training = model.training
-    model.eval()
-    output = model.generate(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        **options,
-    )
-    model.train(was_training)
-    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     return [
-        tokenizer.decode(
-            _until_eos(tokens, tokenizer.eos_token_id), skip_special_tokens=True
-        ).strip()
-        for tokens in new_tokens
+        visible_text(tokenizer, ids, settings.stop_strings)[0].strip()
+        for ids in rollout.completion_lists()
     ]
-
-
-def _until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
-    """Cut at the first EOS; later positions are padding (which may share the EOS id)."""
-    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
 class ChatSession:

@@ -154,6 +154,9 @@ COMMANDS_BY_MODULE = {
     "alignkit.cli.rm": ["rm"],
     "alignkit.cli.score": ["score"],
     "alignkit.cli.generate": ["generate"],
+    "alignkit.cli.serve": ["serve"],
+    "alignkit.cli.label": ["label"],
+    "alignkit.cli.cai": ["cai"],
     "alignkit.cli.rl": ["ppo", "rloo", "grpo"],
     "alignkit.cli.quickstart": ["quickstart"],
 }
