@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=16, help="completions sampled together")
     parser.add_argument(
-        "--gather-ms", type=float, default=5.0, help="wait this long for more requests to batch"
+        "--gather-ms", type=float, default=10.0, help="wait this long for more requests to batch"
     )
     parser.add_argument(
         "--max-tokens", type=int, default=256, help="new tokens when a request sets no max_tokens"

@@ -310,17 +310,17 @@ def _draw(logits: torch.Tensor, rules: _StepRules, generators):
     scaled = logits / temperature[:, None]
     logp_all = torch.log_softmax(scaled, -1)
     filtered = filter_logits(scaled, rules.top_k, rules.top_p)
+    # Inverse CDF: the first token whose cumulative probability exceeds U * total is a
+    # sample from p (filtered tokens add no mass, so they are never the first). One
+    # uniform per row and step, from the row's own stream when seeded; scaling by the
+    # total absorbs the cumsum's rounding. (torch.multinomial is several times slower.)
+    cdf = filtered.softmax(-1).cumsum(-1)
     if generators is None:
-        token = torch.multinomial(filtered.softmax(-1), 1)[:, 0]
+        uniform = torch.rand(len(cdf), device=logits.device)
     else:
-        # Inverse CDF: the first token whose cumulative probability exceeds U * total is
-        # a sample from p (filtered tokens add no mass, so they are never the first). One
-        # uniform draw per row from its own stream; scaling by the total absorbs the
-        # cumsum's rounding.
-        cdf = filtered.softmax(-1).cumsum(-1)
         uniform = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
-        target = (uniform * cdf[:, -1])[:, None]
-        token = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=logits.shape[-1] - 1)
+    target = (uniform * cdf[:, -1])[:, None]
+    token = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=logits.shape[-1] - 1)
     token = torch.where(greedy, logits.argmax(-1), token)
     return token, logp_all.gather(-1, token[:, None])[:, 0], logp_all
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -67,23 +67,12 @@ def create_app(
         log.exception("request failed")
         return JSONResponse(error_body(f"internal error: {err}", "server_error"), 500)
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next):
-        if api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return JSONResponse(
-                    error_body(
-                        "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                        "authentication_error",
-                        code="invalid_api_key",
-                    ),
-                    401,
-                )
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(_RequireKey, api_key=api_key)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name}
+        return {"status": "ok", "model": model_name, "engine": engine.stats()}
 
     @app.get("/v1/models")
     async def models():
@@ -154,6 +143,27 @@ def create_app(
         }
 
     return app
+
+
+class _RequireKey:
+    """ASGI middleware: every HTTP route but /health needs `Authorization: Bearer KEY`.
+    (A plain ASGI class: Starlette's BaseHTTPMiddleware costs a task group per request.)"""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        if dict(scope["headers"]).get(b"authorization") == self.expected:
+            return await self.app(scope, receive, send)
+        body = error_body(
+            "missing or wrong API key (send 'Authorization: Bearer <key>')",
+            "authentication_error",
+            code="invalid_api_key",
+        )
+        await JSONResponse(body, 401)(scope, receive, send)
 
 
 # ---- requests -> engine -------------------------------------------------------------

@@ -71,10 +71,11 @@ class Engine:
     """Owns the model; `submit` queues a request, the worker thread samples batches.
 
     max_rows: completions sampled together at most (a request with more choices runs on
-    its own). gather_ms: how long the worker waits for more requests after the first.
+    its own). gather_ms: how long the worker waits for another request before sampling
+    what it has (see `_gather`).
     """
 
-    def __init__(self, model, tokenizer, *, max_rows: int = 16, gather_ms: float = 5.0):
+    def __init__(self, model, tokenizer, *, max_rows: int = 16, gather_ms: float = 10.0):
         self.model, self.tokenizer = model, tokenizer
         self.encoder = ChatEncoder(tokenizer)
         self.eos_ids = self.encoder.stop_token_ids
@@ -84,6 +85,7 @@ class Engine:
         self.waiting: queue.Queue[Request | None] = queue.Queue()
         self.active_rows = 0  # rows in the batch being decoded (tests watch it)
         self.batches = 0
+        self.rows_sampled = 0  # completions sampled, over all batches
         self.tokens_generated = 0
         self._worker = threading.Thread(target=self._run, name="alignkit-engine", daemon=True)
         self._worker.start()
@@ -92,6 +94,16 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         self.waiting.put(request)
+
+    def stats(self) -> dict:
+        """Counters since start: batches sampled, completions and tokens generated, and
+        the completions decoding right now."""
+        return {
+            "batches": self.batches,
+            "completions": self.rows_sampled,
+            "tokens": self.tokens_generated,
+            "active": self.active_rows,
+        }
 
     def close(self) -> None:
         self.waiting.put(None)
@@ -119,10 +131,16 @@ class Engine:
                 return
 
     def _gather(self, first: Request) -> tuple[list[Request], bool]:
+        """The first request plus those arriving while the batch is not full and a new
+        one came within the last `gather_s` (at most `8 * gather_s` in all): clients
+        answered together come back a few milliseconds apart, as the event loop works
+        through their responses and new requests one by one."""
         group, rows = [first], len(first.settings)
-        deadline = time.monotonic() + self.gather_s
+        now = time.monotonic()
+        last_call = now + 8 * self.gather_s
+        deadline = now + self.gather_s
         while rows < self.max_rows:
-            remaining = deadline - time.monotonic()
+            remaining = min(deadline, last_call) - time.monotonic()
             if remaining <= 0:
                 break
             try:
@@ -136,6 +154,7 @@ class Engine:
                 break
             group.append(request)
             rows += len(request.settings)
+            deadline = time.monotonic() + self.gather_s
         return group, False
 
     def _sample(self, group: list[Request]) -> None:
@@ -144,6 +163,7 @@ class Engine:
         settings = [request.settings[i] for request, i in owners]
         self.active_rows = len(owners)
         self.batches += 1
+        self.rows_sampled += len(owners)
 
         def on_step(rows: torch.Tensor, tokens: torch.Tensor):
             cancelled = []

@@ -193,10 +193,12 @@ def test_on_step_sees_every_token_and_can_cancel_a_row(model, prompts, tokenizer
     assert not rollout.finished.any()
 
 
-def test_seeded_draws_follow_the_distribution():
-    """4000 rows, each with its own seeded stream, draw from p = [0.5, 0.3, 0.15, 0.05]
-    (top_p=0.9 removes the last token: p' = [0.5, 0.3, 0.15] / 0.95): the frequencies
-    are within 0.025 of p' (about 3 standard errors), the filtered token never appears."""
+@pytest.mark.parametrize("seeded", [True, False])
+def test_draws_follow_the_distribution(seeded):
+    """4000 rows (each with its own seeded stream, or the global RNG) draw from
+    p = [0.5, 0.3, 0.15, 0.05] with top_p=0.9, which removes the last token:
+    p' = [0.5, 0.3, 0.15] / 0.95. The frequencies are within 0.025 of p' (about 3
+    standard errors), the filtered token never appears."""
     from alignkit.rollout.sampling import _draw, _StepRules
 
     rows = 4000
@@ -204,7 +206,8 @@ def test_seeded_draws_follow_the_distribution():
     rules = _StepRules(
         torch.ones(rows), torch.full((rows,), 0.9), torch.zeros(rows, dtype=torch.long)
     )
-    generators = [torch.Generator().manual_seed(1000 + i) for i in range(rows)]
+    torch.manual_seed(0)
+    generators = [torch.Generator().manual_seed(1000 + i) for i in range(rows)] if seeded else None
     token, logp, _ = _draw(logits, rules, generators)
     frequencies = torch.bincount(token, minlength=4).float() / rows
     expected = torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95
