@@ -57,6 +57,10 @@ class ResponseCache:
                 (key, text, time.time()),
             )
 
+    def drop(self, key: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

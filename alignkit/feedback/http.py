@@ -97,6 +97,12 @@ class OpenAIEndpoint:
             self.cache.put(key, reply)
         return reply
 
+    def forget(self, body: dict) -> None:
+        """Drop the cached reply to `body`: a reply the caller could not use (an empty
+        or unreadable verdict) is asked again by a later run instead of replayed."""
+        if self.cache is not None:
+            self.cache.drop(ResponseCache.key(self.url, {"model": self.model, **body}))
+
     def chat_many(self, bodies: Sequence[dict]) -> list[dict | JudgeFailure]:
         """`chat` for each body, up to `max_concurrency` at once, in the given order; a
         failed request is its `JudgeFailure` in the list, not an exception."""

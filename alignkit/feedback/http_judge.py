@@ -176,9 +176,10 @@ class HTTPJudge(PairwiseJudge):
             options = {"max_tokens": self.max_tokens, "temperature": 0}
             if attempt:
                 options.update(seed=attempt, temperature=self.retry_temperature)
-            replies = self.endpoint.chat_many([self._body(texts[i], **options) for i in pending])
+            bodies = [self._body(texts[i], **options) for i in pending]
+            replies = self.endpoint.chat_many(bodies)
             unread = []
-            for i, reply in zip(pending, replies, strict=True):
+            for i, body, reply in zip(pending, bodies, replies, strict=True):
                 if isinstance(reply, JudgeFailure):
                     outcomes[i] = (None, reply, "")
                     continue
@@ -188,6 +189,7 @@ class HTTPJudge(PairwiseJudge):
                 except JudgeFailure as failure:
                     outcomes[i] = (None, failure, text)
                     unread.append(i)
+                    self.endpoint.forget(body)  # a later run asks again, not replays it
             pending = unread
             if not pending:
                 break

@@ -2,12 +2,11 @@
 over real HTTP on 127.0.0.1 with a tiny model."""
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -17,50 +16,20 @@ import torch
 from alignkit.data.templating import ChatEncoder
 from alignkit.models.loading import load_model_and_tokenizer
 from alignkit.rollout.sampling import SamplingSettings, sample
-from alignkit.serve.app import create_app
-from alignkit.serve.engine import Engine
+from tests.servers import free_port, serving
 
 NAME = "tiny"
 KEY = "secret-key"
 HELLO = [{"role": "user", "content": "Say something about rivers."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    """uvicorn in a thread of this process, so tests can look at the engine."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def served(tiny_model_dir):
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir, device="cpu")
-    engine = Engine(model, tokenizer, max_rows=16, gather_ms=20)
-    server = ServerThread(create_app(engine, NAME, api_key=KEY))
-    yield server, engine
-    server.stop()
-    engine.close()
+    with serving(
+        model, tokenizer, NAME, api_key=KEY, engine_options={"max_rows": 16, "gather_ms": 20}
+    ) as (url, engine):
+        yield SimpleNamespace(url=url.removesuffix("/v1")), engine
 
 
 @pytest.fixture(scope="module")
