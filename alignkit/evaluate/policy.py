@@ -22,11 +22,12 @@ from alignkit.rollout.sampling import SamplingSettings, row_seed, sample
 
 @dataclass
 class PolicyEvaluation:
-    reward: float  # mean judge score
+    reward: float  # mean judge score (nan without a judge)
     reward_sem: float  # standard error of that mean
     kl: float  # mean per-completion KL(pi || pi_ref) estimate
     length: float  # mean completion length in tokens
-    samples: list[dict] = field(default_factory=list)  # prompt, completion, score, kl, length
+    # prompt, completion, score (None without a judge), kl, length, finished
+    samples: list[dict] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -41,13 +42,16 @@ def evaluate_policy(
     reference_context: Callable | None = None,
     batch_size: int = 16,
     row_ids: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> PolicyEvaluation:
     """Sample one completion per prompt (text or messages), score it, and measure KL to
     the reference: `reference` (a causal LM with the same tokenizer), or `model` itself
     inside `reference_context()` (e.g. a LoRA policy with its adapter disabled); neither:
     KL reported as 0. Prompt i is sampled with seed `row_seed(settings.seed, row_ids[i])`
     (default row_ids: 0, 1, ...), so a shard of a prompt list, given the prompts' places in
-    the whole list, samples what the whole list would."""
+    the whole list, samples what the whole list would. `judge` None: no scores (reward
+    nan). `progress(n)`, if given, is called after each batch with its prompt count.
+    A sample's `finished` is False where it was cut at max_new_tokens."""
     encoder = ChatEncoder(tokenizer)
     eos, pad = encoder.stop_token_ids, pad_token_id(tokenizer)
     temperature = settings.temperature if settings.temperature > 0 else 1.0
@@ -69,7 +73,11 @@ def evaluate_policy(
             model, ids, settings, eos_ids=eos, pad_id=pad, tokenizer=tokenizer, row_seeds=seeds
         )
         texts = [t.strip() for t in rollout.texts(tokenizer)]
-        batch_scores = [float(x) for x in judge.score_batch(chunk, texts)]
+        batch_scores = (
+            [float(x) for x in judge.score_batch(chunk, texts)]
+            if judge is not None
+            else [None] * len(chunk)
+        )
         rows = {k: v.to(device) for k, v in completion_rows(rollout, ids, pad).items()}
         batch_kls = [0.0] * len(chunk)
         if ref_logps is not None:
@@ -80,17 +88,20 @@ def evaluate_policy(
             kls.extend(batch_kls)
         batch_lengths = rollout.completion_mask.sum(-1).tolist()
         lengths.extend(batch_lengths)
-        scores.extend(batch_scores)
+        scores.extend(s for s in batch_scores if s is not None)
+        finished = rollout.finished.tolist()
         samples.extend(
-            {"prompt": p, "completion": t, "score": s, "kl": k, "length": n}
-            for p, t, s, k, n in zip(
-                chunk, texts, batch_scores, batch_kls, batch_lengths, strict=True
+            {"prompt": p, "completion": t, "score": s, "kl": k, "length": n, "finished": f}
+            for p, t, s, k, n, f in zip(
+                chunk, texts, batch_scores, batch_kls, batch_lengths, finished, strict=True
             )
         )
+        if progress is not None:
+            progress(len(chunk))
     values = torch.tensor(scores, dtype=torch.float64)
     sem = float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0
     return PolicyEvaluation(
-        reward=float(values.mean()),
+        reward=float(values.mean()) if scores else float("nan"),
         reward_sem=sem,
         kl=float(torch.tensor(kls).mean()) if kls else 0.0,
         length=float(torch.tensor(lengths, dtype=torch.float64).mean()),
