@@ -3,6 +3,7 @@ data (alignkit.feedback.cai does the work)."""
 
 from __future__ import annotations
 
+from alignkit.cli.label import add_labelling_run_options
 from alignkit.models.builtin import DEFAULT_MODEL
 
 
@@ -29,16 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--few-shot", help="sft records (messages) prepended to every conversation as examples"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
-    parser.add_argument(
-        "--max-attempts", type=int, default=3, help="tries per prompt over all runs"
-    )
-    parser.add_argument("--device", default="auto", help="for a local model")
-    parser.add_argument("--dtype", default="auto", help="for a local model")
+    add_labelling_run_options(parser)
     parser.set_defaults(run=run)
 
 

@@ -46,6 +46,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--run-dir", help="label store folder (default: next to --out, OUT_STEM.run)"
     )
+    add_labelling_run_options(parser)
+    parser.set_defaults(run=run)
+
+
+def add_labelling_run_options(parser) -> None:
+    """Sampling, batching, retry and device options shared by `label` and `cai`."""
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -56,7 +62,6 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--device", default="auto", help="for local models")
     parser.add_argument("--dtype", default="auto", help="for local models")
-    parser.set_defaults(run=run)
 
 
 def run(args) -> int:

@@ -36,7 +36,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.loading import chunks, load_records, record_progress
+from alignkit.data.loading import load_records
 from alignkit.data.records import Kind
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.constitution import Constitution, Principle, load_constitution
@@ -46,10 +46,9 @@ from alignkit.feedback.labelling import (
     RunReport,
     file_digest,
     labelling_options,
-    plan,
     read_prompt_items,
+    run_items,
     spec_name,
-    write_outputs,
 )
 
 log = logging.getLogger("alignkit")
@@ -121,25 +120,29 @@ def revise_prompts(
         "few_shot": file_digest(few_shot) if few_shot is not None else None,
         **asdict(settings),
     }
-    report = RunReport()
-    with LabelStore(out_dir, config) as store:
-        todo = plan(store, items, max_attempts, report)
-        if todo:
-            chain = _Chain(
-                store=store,
-                generator=functools.cache(lambda: _load_generator(model, model_options)),
-                constitution=constitution,
-                few_shot=examples,
-                settings=settings,
-                report=report,
-            )
-            with record_progress(data, progress, unit="prompt", desc="revising") as advance:
-                advance(len(items) - len(todo))
-                for batch in chunks(todo, batch_size):
-                    chain.run(batch)
-                    advance(len(batch))
-        write_outputs(store, items, {name: out_dir / f"{name}.jsonl" for name in OUTPUTS}, report)
-    return report
+
+    def make_step(store, report):
+        return _Chain(
+            store=store,
+            generator=functools.cache(lambda: _load_generator(model, model_options)),
+            constitution=constitution,
+            few_shot=examples,
+            settings=settings,
+            report=report,
+        ).run
+
+    return run_items(
+        out_dir,
+        config,
+        data,
+        items,
+        make_step=make_step,
+        outputs={name: out_dir / f"{name}.jsonl" for name in OUTPUTS},
+        max_attempts=max_attempts,
+        batch_size=batch_size,
+        progress=progress,
+        desc="revising",
+    )
 
 
 def load_few_shot(path: str | Path) -> list[dict]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.loading import iter_checked
+from alignkit.data.loading import chunks, iter_checked, record_progress
 from alignkit.data.records import Kind
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.label_store import DONE, FAILED, LabelStore
@@ -143,6 +144,37 @@ class RunReport:
         if self.notes:
             text += "; " + ", ".join(f"{n} {what}" for what, n in self.notes.most_common())
         return text
+
+
+def run_items(
+    run_dir: str | Path,
+    config: dict[str, Any],
+    data: str | Path,
+    items: list[PromptItem],
+    *,
+    make_step: Callable[[LabelStore, RunReport], Callable[[list[PromptItem]], None]],
+    outputs: dict[str, Path],
+    max_attempts: int,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> RunReport:
+    """The frame of a labelling run: open the store (refusing another config), plan the
+    items still to do, feed them `batch_size` at a time to the step `make_step(store,
+    report)` builds (only when there is work, so models load only then), then write
+    `outputs` from the store."""
+    report = RunReport()
+    with LabelStore(run_dir, config) as store:
+        todo = plan(store, items, max_attempts, report)
+        if todo:
+            step = make_step(store, report)
+            with record_progress(data, progress, unit="prompt", desc=desc) as advance:
+                advance(len(items) - len(todo))
+                for batch in chunks(todo, batch_size):
+                    step(batch)
+                    advance(len(batch))
+        write_outputs(store, items, outputs, report)
+    return report
 
 
 def plan(

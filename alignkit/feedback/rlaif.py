@@ -34,7 +34,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.loading import chunks, record_progress
 from alignkit.errors import AlignkitError
 from alignkit.feedback.constitution import Constitution, load_constitution
 from alignkit.feedback.label_store import LabelStore
@@ -42,10 +41,9 @@ from alignkit.feedback.labelling import (
     PromptItem,
     RunReport,
     labelling_options,
-    plan,
     read_prompt_items,
+    run_items,
     spec_name,
-    write_outputs,
 )
 
 log = logging.getLogger("alignkit")
@@ -128,27 +126,31 @@ def label_preferences(
         "feedback": _feedback_config(constitution, question),
         **asdict(settings),
     }
-    report = RunReport()
-    with LabelStore(run_dir, config) as store:
-        todo = plan(store, items, max_attempts, report)
-        if todo:
-            step = _Step(
-                store=store,
-                policy=functools.cache(lambda: _load_policy(policy, policy_options)),
-                judge=functools.cache(lambda: _load_judge(judge, judge_options)),
-                judge_name=_judge_name(judge, judge_options),
-                constitution=constitution,
-                question=question,
-                settings=settings,
-                report=report,
-            )
-            with record_progress(data, progress, unit="prompt", desc="labelling") as advance:
-                advance(len(items) - len(todo))
-                for batch in chunks(todo, batch_size):
-                    step.run(batch)
-                    advance(len(batch))
-        write_outputs(store, items, {"preference": out}, report)
-    return report
+
+    def make_step(store, report):
+        return _Step(
+            store=store,
+            policy=functools.cache(lambda: _load_policy(policy, policy_options)),
+            judge=functools.cache(lambda: _load_judge(judge, judge_options)),
+            judge_name=_judge_name(judge, judge_options),
+            constitution=constitution,
+            question=question,
+            settings=settings,
+            report=report,
+        ).run
+
+    return run_items(
+        run_dir,
+        config,
+        data,
+        items,
+        make_step=make_step,
+        outputs={"preference": out},
+        max_attempts=max_attempts,
+        batch_size=batch_size,
+        progress=progress,
+        desc="labelling",
+    )
 
 
 @dataclass
