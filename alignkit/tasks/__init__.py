@@ -10,6 +10,7 @@ from alignkit.errors import AlignkitError
 _TASKS = {
     "sentiment": ("alignkit.tasks.sentiment", "TASK"),
     "sentiment-chat": ("alignkit.tasks.sentiment", "CHAT_TASK"),
+    "hh-mini": ("alignkit.tasks.hh_mini", "TASK"),
 }
 TASKS = tuple(_TASKS)
 
