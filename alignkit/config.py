@@ -424,6 +424,159 @@ class GRPOConfig(RLConfig):
     beta: float = setting(0.04, "weight of the per-token k3 KL term in the loss")
 
 
+# The pair-selection rules of `alignkit online-dpo` (alignkit.feedback.selection.SELECTIONS;
+# named here so that the CLI starts without importing torch; a test keeps the two equal).
+SELECTION_RULES = ("passive", "random", "best_worst", "sea_ee", "sea_bai", "uncertainty")
+
+
+@dataclass
+class EnsembleSettings(Settings):
+    """The epistemic reward model of SEA (alignkit.feedback.epistemic): MLP heads on the
+    starting model's last hidden state, trained on the queried labels."""
+
+    members: int = setting(10, "ensemble members (posterior samples)")
+    hidden: int = setting(128, "hidden units of each member's MLP")
+    anchor_weight: float = setting(
+        1.0, "pull of each member toward its own random initialisation (the prior)"
+    )
+    learning_rate: float = setting(1e-3, "Adam learning rate of the members")
+    steps: int = setting(20, "gradient steps on the labels so far after each round's new labels")
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("members", "hidden", "learning_rate", "steps")
+        if self.members < 2:
+            raise ConfigError(f"ensemble.members must be at least 2, got {self.members}")
+        if self.anchor_weight < 0:
+            raise ConfigError(f"ensemble.anchor_weight must be >= 0, got {self.anchor_weight}")
+
+
+@defaults(
+    output_dir="runs/online-dpo",
+    batch_size=8,
+    learning_rate=5e-6,
+    lr_schedule="constant",
+    save_every=10,
+    log_every=1,
+)
+class OnlineDPOConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
+    """`alignkit online-dpo`: each round samples `samples_per_prompt` responses to
+    `batch_size` prompts, picks one pair per prompt (`selection`), has the labeller
+    label it within `query_budget`, and takes `updates_per_round` preference-loss steps.
+    A round is one step (`max_steps` rounds, else `epochs` passes over the prompts)."""
+
+    data: str | None = setting(
+        None, "prompts file (records with a 'prompt'); or leave unset and name a task"
+    )
+    eval_data: str | None = setting(
+        None,
+        "held-out prompts: eval/objective/scores (under `oracle`) and eval/objective/kl (to "
+        "the starting model) every eval_every rounds and at the end (with task= and "
+        "eval_every: the task's held-out prompts)",
+    )
+    task: str | None = setting(
+        None,
+        "built-in task (sentiment, sentiment-chat): its prompts, its oracle as the default "
+        "labeller and as the held-out scorer",
+    )
+    reward: str | None = setting(
+        None,
+        "score labeller, called once per response it scores: reward-model folder, "
+        "module:function, file.py:function or task:NAME (default: the task's oracle)",
+    )
+    judge: str | None = setting(
+        None,
+        "pairwise labeller instead of reward=, called once per pair: llm:MODEL, "
+        "openai:BASE_URL (with judge_model) or any load_judge spec; its probabilities are "
+        "soft labels",
+    )
+    judge_model: str | None = setting(None, "the server's model name for judge=openai:BASE_URL")
+    oracle: str | None = setting(
+        None,
+        "held-out scorer for eval/objective/scores (a load_judge spec); default the task's "
+        "oracle; never counted as queries",
+    )
+    samples_per_prompt: int = setting(4, "K: responses sampled per prompt each round")
+    selection: str = setting(
+        "passive",
+        "which pair of the K responses is labelled: passive (the first two), random, "
+        "best_worst (labeller scores all K), sea_ee, sea_bai (Thompson sampling on the "
+        "epistemic reward model), uncertainty",
+        choices=SELECTION_RULES,
+    )
+    query_budget: int | None = setting(
+        None,
+        "labeller calls the run may make in all (a score labeller: one per response scored; "
+        "a judge: one per pair); the run stops cleanly when it is spent; null: no limit",
+    )
+    loss: str = setting(
+        "dpo",
+        "preference loss (alignkit.losses.registry): dpo, ipo, simpo, ...",
+        choices=tuple(PREFERENCE_LOSSES),
+    )
+    beta: float = setting(0.1, "temperature of the loss (SimPO: reward scale)")
+    label_smoothing: float = setting(
+        0.0,
+        "cdpo/robust: probability that a label is wrong (a judge's soft labels override it "
+        "for dpo/cdpo)",
+    )
+    simpo_gamma: float = setting(0.5, "SimPO target reward margin")
+    ref_model: str | None = setting(
+        None, "reference model; default the starting model (LoRA: the adapter disabled)"
+    )
+    ref_update_every: int | None = setting(
+        None,
+        "iterative DPO: the reference becomes the current policy every this many rounds; "
+        "null: fixed reference",
+    )
+    updates_per_round: int = setting(
+        1, "optimizer steps on each round's labelled pairs (each over all of them)"
+    )
+    ensemble: EnsembleSettings = field(
+        default_factory=EnsembleSettings,
+        metadata={
+            "help": "the epistemic reward model used by sea_ee, sea_bai, uncertainty and "
+            "mixed preference learning: {members, hidden, anchor_weight, learning_rate, steps}",
+            "choices": None,
+        },
+    )
+    mixed_fraction: float = setting(
+        0.0,
+        "mixed preference learning: after mixed_burn_in rounds, up to this fraction of each "
+        "round's pairs (those the ensemble is surest about) labelled by the ensemble, "
+        "without a query",
+    )
+    mixed_burn_in: int = setting(
+        0, "rounds labelled by the labeller alone before mixed preference learning starts"
+    )
+    sample_every: int = setting(10, "write example responses to samples.jsonl every N rounds")
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("query_budget", "ref_update_every", "updates_per_round", "sample_every")
+        if self.samples_per_prompt < 2:
+            raise ConfigError(
+                f"samples_per_prompt must be at least 2 to form a pair, got {self.samples_per_prompt}"
+            )
+        if self.reward is not None and self.judge is not None:
+            raise ConfigError("give one labeller: reward= (scores) or judge= (pairs), not both")
+        if not 0 <= self.mixed_fraction < 1:
+            raise ConfigError(f"mixed_fraction must be in [0, 1), got {self.mixed_fraction}")
+        if self.mixed_burn_in < 0:
+            raise ConfigError(f"mixed_burn_in must be >= 0, got {self.mixed_burn_in}")
+        if self.selection not in SELECTION_RULES:
+            raise ConfigError(
+                f"selection must be one of {', '.join(SELECTION_RULES)}, got {self.selection!r}"
+            )
+        if self.loss not in PREFERENCE_LOSSES:
+            raise ConfigError(
+                f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, got {self.loss!r}"
+            )
+        error = PREFERENCE_LOSSES[self.loss].error(self)
+        if error is not None:
+            raise ConfigError(f"loss={self.loss} {error}")
+
+
 # ---- building configs -----------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "alignkit.cli.cai",
     "alignkit.cli.serve",
     "alignkit.cli.rl",
+    "alignkit.cli.online",
     "alignkit.cli.quickstart",
 )
 

@@ -158,6 +158,7 @@ COMMANDS_BY_MODULE = {
     "alignkit.cli.label": ["label"],
     "alignkit.cli.cai": ["cai"],
     "alignkit.cli.rl": ["ppo", "rloo", "grpo"],
+    "alignkit.cli.online": ["online-dpo"],
     "alignkit.cli.quickstart": ["quickstart"],
 }
 
