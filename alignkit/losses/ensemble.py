@@ -57,7 +57,8 @@ def anchored_bt_loss(
     parameters, so the gradient of the sum w.r.t. member k's parameters is exactly the
     gradient of its own L_k. Metrics (detached, averaged over members): `loss/bt` the
     Bradley-Terry term, `loss/anchor` the anchor term, `accuracy` the share of
-    (member, pair) with the sign of d agreeing with p_a > 0.5, `margin` mean d.
+    (member, pair) with the sign of d agreeing with p_a > 0.5, `margin` the mean gap in
+    the labelled direction, d * sign(p_a - 1/2) (pairs labelled 1/2 count as 0).
     """
     if rewards_a.dim() != 2 or rewards_a.shape != rewards_b.shape:
         raise ValueError(
@@ -84,7 +85,7 @@ def anchored_bt_loss(
         "loss/bt": bt.detach().mean(),
         "loss/anchor": anchor.detach().mean(),
         "accuracy": ((d > 0) == (p > 0.5)).float().mean(),
-        "margin": d.mean(),
+        "margin": (d * torch.sign(p - 0.5)).mean(),
     }
     return loss, metrics
 
