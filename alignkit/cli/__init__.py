@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "alignkit.cli.rl",
     "alignkit.cli.online",
     "alignkit.cli.quickstart",
+    "alignkit.cli.eval",
+    "alignkit.cli.probe",
 )
 
 

@@ -160,6 +160,8 @@ COMMANDS_BY_MODULE = {
     "alignkit.cli.rl": ["ppo", "rloo", "grpo"],
     "alignkit.cli.online": ["online-dpo"],
     "alignkit.cli.quickstart": ["quickstart"],
+    "alignkit.cli.eval": ["eval"],
+    "alignkit.cli.probe": ["probe"],
 }
 
 
