@@ -242,7 +242,7 @@ def lc_win_rate_estimate(
     preferences: Sequence[float],
     length_differences: Sequence[float],
     seed: int = 0,
-    resamples: int = 1000,
+    resamples: int = 2000,
 ) -> Estimate:
     """`length_controlled_win_rate` with a percentile-bootstrap interval: (preference,
     length difference) pairs are resampled together and the whole fit, standardisation
