@@ -369,6 +369,11 @@ class RLConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
     reward: str | None = setting(
         None, "reward source: reward-model folder, module:function, file.py:function or task:NAME"
     )
+    reward_risk_aversion: float = setting(
+        0.0,
+        "k >= 0: score mean - k * std over an ensemble reward model's heads (Inverse Reward "
+        "Design's risk-averse reward); needs reward= a folder trained with num_heads > 1",
+    )
     ref_model: str | None = setting(
         None, "reference for the KL term; default the starting model (LoRA: adapter disabled)"
     )
@@ -388,6 +393,8 @@ class RLConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
 
     def validate(self) -> None:
         super().validate()
+        if self.reward_risk_aversion < 0:
+            raise ConfigError(f"reward_risk_aversion must be >= 0, got {self.reward_risk_aversion}")
         if self.batch_size % self.num_minibatches:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of num_minibatches "

@@ -4,7 +4,7 @@
 reward offset and a safe pad id; see `alignkit.models.reward`) and scores
 prompt/response pairs rendered with the model's chat template, the same encoding
 training used. Ensembles (K heads) give the mean over heads as the score and their
-standard deviation as `score_std`.
+standard deviation as `score_std`; with `risk_aversion=k` the score is `mean - k * std`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from alignkit.data.loading import (
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
+from alignkit.feedback.epistemic import risk_averse
 from alignkit.feedback.judge import ScoringJudge, Text
 from alignkit.fsutil import atomic_jsonl
 from alignkit.models.device import select_device
@@ -57,6 +58,11 @@ class RewardModelJudge(ScoringJudge):
     `config.pad_token_id` (trailing pad ids are dropped before scoring, which under
     causal attention changes nothing else). For alignkit's folders that is always the
     last token. `batch_size`: sequences per forward pass.
+
+    `risk_aversion` k >= 0 (ensembles only): score `mean - k * std` over the heads, a
+    reward that is low where the heads disagree, i.e. away from the data the reward
+    model was trained on (Inverse Reward Design's risk-averse planning, Hadfield-Menell
+    et al. 2017, Sec. 5). `score_std` stays the plain std.
     """
 
     def __init__(
@@ -67,7 +73,10 @@ class RewardModelJudge(ScoringJudge):
         dtype: str = "auto",
         batch_size: int = 32,
         max_length: int = 2048,
+        risk_aversion: float = 0.0,
     ):
+        if risk_aversion < 0:
+            raise AlignkitError(f"risk_aversion must be >= 0, got {risk_aversion}")
         self.device = select_device(device)
         path = resolve_model_path(model)
         if not is_reward_model_folder(path):
@@ -80,6 +89,12 @@ class RewardModelJudge(ScoringJudge):
         self.model.eval()
         self.scores = RewardScores(self.model)
         self.num_heads = self.model.config.num_labels
+        if risk_aversion and self.num_heads < 2:
+            raise AlignkitError(
+                f"risk_aversion={risk_aversion} needs an ensemble reward model (trained with "
+                f"num_heads > 1) to measure disagreement; {model} has {self.num_heads} head"
+            )
+        self.risk_aversion = float(risk_aversion)
         offset = getattr(self.model.config, OFFSET_KEY, None)
         self.offset = torch.tensor(
             offset if offset is not None else [0.0] * self.num_heads, dtype=torch.float32
@@ -122,7 +137,7 @@ class RewardModelJudge(ScoringJudge):
             device=self.device,
         )
         rewards = raw - self.offset
-        means = rewards.mean(-1).tolist()
+        means = risk_averse(rewards, self.risk_aversion, dim=-1).tolist()
         stds = rewards.std(-1, unbiased=False).tolist() if self.num_heads > 1 else None
         scores: list[float | None] = [None] * len(records)
         spread: list[float | None] | None = [None] * len(records) if stds is not None else None

@@ -412,21 +412,37 @@ def reward_spec(config: RLConfig) -> str:
 
 
 def load_reward_source(config: RLConfig):
+    """The judge that scores completions; with `reward_risk_aversion` k > 0 an ensemble
+    reward model scoring `mean - k * std` over its heads (`RewardModelJudge`)."""
     from alignkit.feedback.function import load_judge
 
-    return load_judge(reward_spec(config), device=str(select_device(config.device)))
+    spec, options = reward_spec(config), {"device": str(select_device(config.device))}
+    if config.reward_risk_aversion:
+        if not _is_reward_model(spec):
+            raise ConfigError(
+                f"reward_risk_aversion={config.reward_risk_aversion} needs reward= an ensemble "
+                f"reward-model folder (alignkit rm num_heads>1); {spec} is not a reward model"
+            )
+        options["risk_aversion"] = config.reward_risk_aversion
+    return load_judge(spec, **options)
+
+
+def _is_reward_model(spec: str) -> bool:
+    from alignkit.models.loading import resolve_model_path
+    from alignkit.models.reward import is_reward_model_folder
+
+    return not spec.startswith("task:") and (
+        Path(spec).exists() and is_reward_model_folder(resolve_model_path(spec))
+    )
 
 
 def load_critic(config: RLConfig):
     """The value model: from the reward model (`critic=reward`, the default when the
     reward is a model folder) or from the policy with a fresh head that starts at V = 0."""
-    from alignkit.models.loading import resolve_model_path
-    from alignkit.models.reward import is_reward_model_folder, load_reward_model, score_head
+    from alignkit.models.reward import load_reward_model, score_head
 
     choice, spec = config.critic, reward_spec(config)
-    reward_is_model = not spec.startswith("task:") and (
-        Path(spec).exists() and is_reward_model_folder(resolve_model_path(spec))
-    )
+    reward_is_model = _is_reward_model(spec)
     if choice == "auto":
         choice = "reward" if reward_is_model else "policy"
     if choice == "reward":
