@@ -31,6 +31,9 @@ COMMAND_MODULES = (
     "alignkit.cli.quickstart",
     "alignkit.cli.eval",
     "alignkit.cli.probe",
+    "alignkit.cli.redteam",
+    "alignkit.cli.debate",
+    "alignkit.cli.verify",
 )
 
 

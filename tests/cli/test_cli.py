@@ -162,6 +162,9 @@ COMMANDS_BY_MODULE = {
     "alignkit.cli.quickstart": ["quickstart"],
     "alignkit.cli.eval": ["eval"],
     "alignkit.cli.probe": ["probe"],
+    "alignkit.cli.redteam": ["redteam"],
+    "alignkit.cli.debate": ["debate"],
+    "alignkit.cli.verify": ["verify"],
 }
 
 
