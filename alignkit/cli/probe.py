@@ -56,7 +56,9 @@ def run(args) -> int:
 
     remote = args.model.startswith("openai:")
     if remote and not args.served_model:
-        raise AlignkitError(f"--model {args.model} needs the server's model name: --served-model NAME")
+        raise AlignkitError(
+            f"--model {args.model} needs the server's model name: --served-model NAME"
+        )
     if args.served_model and not remote:
         raise AlignkitError("--served-model goes with --model openai:BASE_URL")
     model_options = {"device": args.device, "dtype": args.dtype}

@@ -60,8 +60,7 @@ DOCUMENTS: dict[str, tuple[tuple[str, ...], ...]] = {
         ),
         (
             "Recipe: lentil soup for four.",
-            "Soften an onion, two carrots and a stick of celery in olive oil for ten "
-            "minutes.",
+            "Soften an onion, two carrots and a stick of celery in olive oil for ten minutes.",
             "Add 200 grams of red lentils, a tin of tomatoes and a litre of stock, then "
             "simmer for twenty-five minutes.",
             "Season with cumin, lemon juice, salt and pepper, and blend half of it for a "
@@ -162,16 +161,14 @@ DOCUMENTS: dict[str, tuple[tuple[str, ...], ...]] = {
             "<html><head><title>Lakeside campsite</title></head><body>",
             "<h1>Lakeside campsite</h1><p>Forty pitches on the north shore, twelve with "
             "electric hook-up.</p>",
-            "<p>Showers, a small shop and canoe hire are on site. Dogs are welcome on a "
-            "lead.</p>",
+            "<p>Showers, a small shop and canoe hire are on site. Dogs are welcome on a lead.</p>",
             "<p>The season runs from April to October.</p></body></html>",
         ),
         (
             "<html><head><title>Weather this week</title></head><body>",
             "<h1>Forecast</h1><p>Monday and Tuesday will be dry and sunny with highs of 22 "
             "degrees.</p>",
-            "<p>Rain moves in on Wednesday, heavy at times in the west, clearing on "
-            "Thursday.</p>",
+            "<p>Rain moves in on Wednesday, heavy at times in the west, clearing on Thursday.</p>",
             "<p>The weekend looks mild and breezy.</p></body></html>",
         ),
     ),

@@ -179,7 +179,8 @@ def run_probes(
     )
     refused = detect_refusals(detector, items, replies)
     transcripts = [
-        _transcript(item, reply, flag) for item, reply, flag in zip(items, replies, refused, strict=True)
+        _transcript(item, reply, flag)
+        for item, reply, flag in zip(items, replies, refused, strict=True)
     ]
     report = {
         "model": model if isinstance(model, str) else type(model).__name__,
