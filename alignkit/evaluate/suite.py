@@ -78,7 +78,7 @@ class EvalSettings:
 class EvalResult:
     """metrics / reference_metrics: name -> Estimate. samples: one record per prompt
     (prompt, policy, reference, judgement). judge: wins / ties / losses / failures and
-    the fitted length model, when a judge compared the two."""
+    the fitted length model, when a judge compared the two (`comparison` in the JSON)."""
 
     metrics: dict[str, Estimate]
     reference_metrics: dict[str, Estimate] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class EvalResult:
             **header,
             "metrics": {k: v.to_json() for k, v in self.metrics.items()},
             "reference_metrics": {k: v.to_json() for k, v in self.reference_metrics.items()},
-            "judge": self.judge,
+            "comparison": self.judge,
         }
 
     def table(self) -> str:

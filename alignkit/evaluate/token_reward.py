@@ -137,7 +137,7 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
     pieces, previous = [], ""
     for t in range(len(ids)):
         text = tokenizer.decode(ids[: t + 1], skip_special_tokens=False)
-        if text.endswith("\ufffd"):  # an unfinished multi-byte character: wait for the rest
+        if text.endswith("\ufffd") and t + 1 < len(ids):  # an unfinished character: wait
             pieces.append("")
             continue
         if text.startswith(previous):

@@ -49,9 +49,10 @@ def test_eval_command_writes_every_metric_samples_and_token_maps(
     assert set(report["reference_metrics"]) == {
         "eval/reward", "eval/length", "eval/eos_rate", "eval/distinct_1", "eval/distinct_2"
     }  # fmt: skip
-    judge = report["judge"]
+    judge = report["comparison"]
     assert judge["wins"] + judge["ties"] + judge["losses"] == 4 and judge["failures"] == 0
     assert report["reference"] == str(reference_dir) and report["settings"]["seed"] == 0
+    assert report["judge"] == report["reward"] == "task:sentiment"
     samples = [
         json.loads(line) for line in (tmp_path / "eval.samples.jsonl").read_text().splitlines()
     ]

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from alignkit.evaluate.token_reward import colour, render_html, token_rewards
+from alignkit.evaluate.token_reward import colour, render_html, token_pieces, token_rewards
 from alignkit.models.tiny import tiny_model
 
 
@@ -89,3 +89,12 @@ def test_html_escapes_text_and_colours_on_a_diverging_scale(tokenizer, models):
     # 213.5, rounded half to even
     assert colour(1.0, 2.0) == "rgb(144, 178, 214)"
     assert colour(1.0, 0.0) == "rgb(255, 255, 255)"  # an all-zero map stays white
+
+
+def test_token_pieces_join_to_the_text_and_never_split_a_character(tokenizer):
+    """Byte-level BPE splits '漢' over three tokens (decoded alone, each is U+FFFD); the
+    character appears on the token that completes it (the earlier two show ''), so no
+    piece holds a replacement character and the pieces join to the decoded text."""
+    ids = tokenizer("漢字 ok", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids[:1]) == "\ufffd"  # the tokenizer does split it
+    assert token_pieces(tokenizer, ids) == ["", "", "漢", "字", " ok"]
