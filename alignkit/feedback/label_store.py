@@ -238,6 +238,34 @@ class LabelStore:
         rows = self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
         return {PENDING: 0, DONE: 0, FAILED: 0, **dict(rows)}
 
+    def answer(
+        self, key: str, name: str, request: Any, answer: Any, failure: str | None = None
+    ) -> None:
+        """Store one request's answer and the item's outcome in one transaction: the
+        request with its `answer` and the item done with `answer` as its result, or, with
+        a `failure`, the failed request and the item failed. (Online methods ask one
+        question per item and store each answer the moment it arrives: one commit, the
+        smallest window in which a kill loses a paid answer.)"""
+        with self._transaction():
+            self._record(key, name, request, None if failure else answer, failure, time.time())
+            self._set_outcome(key, answer, failure)
+
+    def _set_outcome(self, key: str, result: Any, failure: str | None) -> None:
+        if failure is not None:
+            self._db.execute(
+                "UPDATE items SET status = 'failed', failure = ?, attempts = attempts + 1, "
+                "updated = ? WHERE key = ? AND status != 'done'",
+                (failure, time.time(), key),
+            )
+            return
+        changed = self._db.execute(
+            "UPDATE items SET status = 'done', result = ?, failure = NULL, "
+            "attempts = attempts + 1, updated = ? WHERE key = ? AND status != 'done'",
+            (_dumps(result), time.time(), key),
+        ).rowcount
+        if changed != 1:
+            raise StoreError(f"{self.path}: item {key!r} is already labelled (or unknown)")
+
     def finish(self, key: str, result: Any) -> None:
         """Record an item's final label. Done is final: finishing twice is an error, so a
         label can never be recorded (or paid for) a second time."""
@@ -294,30 +322,35 @@ class LabelStore:
         a judge batch's answers are stored together, as soon as they arrive. The attempt
         number is counted per (item, name)."""
         now = time.time()
-        with self._transaction() as db:
+        with self._transaction():
             for key, name, request, answer, failure in entries:
-                (attempt,) = db.execute(
-                    "SELECT COUNT(*) + 1 FROM requests WHERE item = ? AND name = ?", (key, name)
-                ).fetchone()
-                try:
-                    db.execute(
-                        "INSERT INTO requests (item, name, attempt, request, answer, failure, "
-                        "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            key,
-                            name,
-                            attempt,
-                            _dumps(request),
-                            None if answer is None else _dumps(answer),
-                            failure,
-                            now,
-                        ),
-                    )
-                except sqlite3.IntegrityError:
-                    raise StoreError(
-                        f"{self.path}: item {key!r} already has a paid answer to {name!r}; "
-                        "refusing to record a second one"
-                    ) from None
+                self._record(key, name, request, answer, failure, now)
+
+    def _record(self, key, name, request, answer, failure, now) -> None:
+        """Insert one request row (inside a transaction)."""
+        db = self._db
+        (attempt,) = db.execute(
+            "SELECT COUNT(*) + 1 FROM requests WHERE item = ? AND name = ?", (key, name)
+        ).fetchone()
+        try:
+            db.execute(
+                "INSERT INTO requests (item, name, attempt, request, answer, failure, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    name,
+                    attempt,
+                    _dumps(request),
+                    None if answer is None else _dumps(answer),
+                    failure,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise StoreError(
+                f"{self.path}: item {key!r} already has a paid answer to {name!r}; "
+                "refusing to record a second one"
+            ) from None
 
     def requests(self, key: str | None = None) -> list[Request]:
         """The request log (of one item, or all), oldest first."""

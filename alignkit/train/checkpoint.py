@@ -126,9 +126,12 @@ def save_checkpoint(
     state: TrainerState,
     rng_states: list[dict],
     extra: dict | None = None,
+    extra_tensors: dict | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically (call on the main process only). `extra`: a
-    JSON-able dict of further state (e.g. a KL controller), read back by `load_extra`."""
+    JSON-able dict of further state (e.g. a KL controller), read back by `load_extra`;
+    `extra_tensors`: further state holding tensors (e.g. an ensemble's state_dict with its
+    optimizer), nested dicts/lists of tensors and numbers, read back by `load_extra_tensors`."""
     target = checkpoints_dir(output_dir) / f"step-{state.step}"
     with atomic_directory(target, overwrite=True) as tmp:
         save_file(trainable_state(model), str(tmp / "weights.safetensors"))
@@ -138,12 +141,19 @@ def save_checkpoint(
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
         if extra is not None:
             (tmp / "extra.json").write_text(json.dumps(extra, indent=2))
+        if extra_tensors is not None:
+            torch.save(extra_tensors, tmp / "extra.pt")
     return target
 
 
 def load_extra(path: Path) -> dict:
     file = Path(path) / "extra.json"
     return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def load_extra_tensors(path: Path) -> dict:
+    file = Path(path) / "extra.pt"
+    return torch.load(file, weights_only=True) if file.is_file() else {}
 
 
 def load_checkpoint(

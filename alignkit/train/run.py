@@ -50,6 +50,7 @@ from alignkit.train.checkpoint import (
     capture_rng,
     list_checkpoints,
     load_extra,
+    load_extra_tensors,
     prune_checkpoints,
     resolve_resume,
     resume_checkpoint,
@@ -113,6 +114,7 @@ class Run:
     autocast: Callable
     last_good: Path | None = None
     extra_state: dict = field(default_factory=dict)  # from the resumed checkpoint's extra.json
+    extra_tensors: dict = field(default_factory=dict)  # ... and its extra.pt
 
     # ---- the one optimizer step -------------------------------------------------------
 
@@ -167,18 +169,21 @@ class Run:
 
     # ---- bookkeeping ------------------------------------------------------------------
 
-    def finish_step(self, logged: dict | None, extra: dict | None = None) -> None:
+    def finish_step(
+        self, logged: dict | None, extra: dict | None = None, tensors: dict | None = None
+    ) -> None:
         """End run step `state.step`: advance the schedule, record `logged` metrics (None:
         only the progress bar moves), and save a checkpoint when one is due. `extra`: a
-        JSON-able dict of further state saved with it (e.g. a KL controller)."""
+        JSON-able dict of further state saved with it (e.g. a KL controller); `tensors`:
+        further state holding tensors (main process; e.g. an ensemble's state_dict)."""
         self.scheduler.step()
         self.state.step += 1
         self.sink.step(self.state.step, logged)
         every = self.config.save_every
         if every and self.state.step % every == 0 and self.state.step != self.total_steps:
-            self.save(extra)
+            self.save(extra, tensors)
 
-    def save(self, extra: dict | None = None) -> Path | None:
+    def save(self, extra: dict | None = None, tensors: dict | None = None) -> Path | None:
         rng_states = self.dist.gather_objects(capture_rng())
         path = None
         if self.dist.is_main:
@@ -190,6 +195,7 @@ class Run:
                 self.state,
                 rng_states,
                 extra=extra,
+                extra_tensors=tensors,
             )
             prune_checkpoints(self.output_dir, self.config.keep_last)
             self.sink.message(f"saved {path}")
@@ -264,9 +270,11 @@ def open_run(
     )
     state = TrainerState(data_fingerprint=fingerprint)
     extra: dict = {}
+    extra_tensors: dict = {}
     if checkpoint is not None:
         state = resume_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint, dist.rank)
         extra = load_extra(checkpoint)
+        extra_tensors = load_extra_tensors(checkpoint)
     else:
         torch.manual_seed(config.seed)
     memory = MemoryPlan(config.lean_memory, device)
@@ -303,6 +311,7 @@ def open_run(
         autocast=autocast,
         last_good=checkpoint,
         extra_state=extra,
+        extra_tensors=extra_tensors,
     )
     try:
         yield run
