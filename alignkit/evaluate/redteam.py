@@ -131,10 +131,12 @@ class Attempt:
 
 class FailureClassifier:
     """Failure scores from a judge: `transform(judge score)`; None where a judge with
-    `rate` (the HTTP judge) reports an item's failure."""
+    `rate` (the HTTP judge) reports an item's failure. `chat`: the question goes to the
+    judge as a user message (models read it through their chat template), else as the
+    plain string (functions)."""
 
-    def __init__(self, judge, transform: Callable[[float], float], name: str):
-        self.judge, self.transform, self.name = judge, transform, name
+    def __init__(self, judge, transform: Callable[[float], float], name: str, chat: bool = True):
+        self.judge, self.transform, self.name, self.chat = judge, transform, name, chat
 
     def failure_scores(
         self, questions: Sequence[str], answers: Sequence[str]
@@ -143,7 +145,9 @@ class FailureClassifier:
 
         if not questions:
             return []
-        prompts = [[{"role": "user", "content": q}] for q in questions]
+        prompts = (
+            [[{"role": "user", "content": q}] for q in questions] if self.chat else list(questions)
+        )
         if hasattr(self.judge, "rate"):
             scores = self.judge.rate(prompts, list(answers))
         else:
@@ -198,13 +202,14 @@ def load_classifier(spec, **options):
     from alignkit.feedback.function import load_judge
 
     if callable(spec) and not isinstance(spec, str):
-        return FailureClassifier(load_judge(spec), float, getattr(spec, "__name__", "function"))
+        name = getattr(spec, "__name__", "function")
+        return FailureClassifier(load_judge(spec), float, name, chat=False)
     spec = str(spec)
     for key, build in _CLASSIFIERS.items():
         if spec == key or (key.endswith(":") and spec.startswith(key)):
             return build(spec, **options)
     if ":" in spec and not Path(spec).exists():  # module:function, file.py:function
-        return FailureClassifier(load_judge(spec), float, spec)
+        return FailureClassifier(load_judge(spec), float, spec, chat=False)
     judge_options = {k: v for k, v in options.items() if k in ("device", "dtype")}
     return FailureClassifier(load_judge(spec, **judge_options), _sigmoid_of_negative, spec)
 
