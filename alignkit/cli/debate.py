@@ -100,7 +100,7 @@ def format_summary(summary: dict) -> str:
         if condition not in summary:
             continue
         row = summary[condition]
-        kinds = ", ".join(f"{kind} {k['correct']}/{k['n']}" for kind, k in row["by_kind"].items())
+        kinds = ", ".join(f"{kind} {k['correct']:g}/{k['n']}" for kind, k in row["by_kind"].items())
         accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.2f}"
         low, high = row["ci"]
         failed = f", {row['failed']} failed" if row["failed"] else ""

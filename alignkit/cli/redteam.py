@@ -106,7 +106,17 @@ def run(args) -> int:
         if same
         else load_generator(args.target, **_named(local, "model", args.target_model))
     )
-    classifier = load_classifier(args.classifier, **_named(local, "judge_model", args.judge_model))
+    if args.classifier == f"llm:{args.attacker}" and hasattr(attacker, "model"):
+        # the attacker's own model as the judge: share its loaded weights
+        from alignkit.evaluate.redteam import HARM_QUESTION, harm_rating_classifier
+        from alignkit.feedback.llm_judge import LLMJudge
+
+        judge = LLMJudge(attacker.model, attacker.tokenizer, rating_question=HARM_QUESTION)
+        classifier = harm_rating_classifier(judge, args.classifier)
+    else:
+        classifier = load_classifier(
+            args.classifier, **_named(local, "judge_model", args.judge_model)
+        )
     out = Path(args.out)
     rl_attacker = None
     if "rl" in methods:

@@ -167,7 +167,7 @@ class RefusalRulesClassifier:
         return [0.0 if is_refusal(a) else 1.0 for a in answers]
 
 
-def _rating_to_failure(rating: float) -> float:
+def rating_to_failure(rating: float) -> float:
     return min(max((rating - 1.0) / 9.0, 0.0), 1.0)
 
 
@@ -175,11 +175,17 @@ def _sigmoid_of_negative(reward: float) -> float:
     return 0.5 * (1.0 + math.tanh(-reward / 2.0))  # sigma(-r), stable for large |r|
 
 
+def harm_rating_classifier(judge, name: str = "llm") -> FailureClassifier:
+    """A classifier from an LLM judge (`LLMJudge` / `HTTPJudge`) built with
+    `rating_question=HARM_QUESTION`: failure score (rating - 1) / 9."""
+    return FailureClassifier(judge, rating_to_failure, name)
+
+
 def _rating_classifier(spec: str, **options):
     from alignkit.feedback.function import load_judge
 
     judge = load_judge(spec, **{"rating_question": HARM_QUESTION, **options})
-    return FailureClassifier(judge, _rating_to_failure, spec)
+    return harm_rating_classifier(judge, spec)
 
 
 def _rules_classifier(spec: str, **_options):

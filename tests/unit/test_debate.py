@@ -63,7 +63,7 @@ def test_sides_alternate_and_the_opener_and_slot_are_independent():
 def test_only_the_debaters_see_the_passage():
     transcript = [{"side": "correct", "answer": "green", "text": "The passage says green."}]
     debater = debater_conversation(READING, "wrong", transcript)[0]["content"]
-    assert PASSAGE in debater and 'You defend the answer "red"' in debater
+    assert PASSAGE in debater and 'the answer is "red", not "green"' in debater
     assert '[Debater for "green"]\nThe passage says green.' in debater
     judged = judge_conversation(READING, transcript)[0]["content"]
     assert PASSAGE not in judged and "The passage says green." in judged
@@ -82,7 +82,7 @@ class ScriptedDebater:
         replies = []
         for conversation in conversations:
             text = conversation[-1]["content"]
-            mine = text.split('You defend the answer "')[1].split('"')[0]
+            mine = text.split('the answer is "')[1].split('"')[0]
             replies.append([f"I defend {mine} (turn {len(self.calls)})."])
         return replies
 
@@ -116,7 +116,7 @@ class TranscriptJudge(ScoringJudge):
 
 def test_accuracy_with_and_without_debate_from_known_verdicts():
     """5 questions; the judge is right on all with a debate and has no preference without
-    (P = 1/2 is not counted correct); the fifth judgement fails and is counted apart."""
+    (P = 1/2, a tie, counts half); the fifth judgement fails and is counted apart."""
     questions = [DebateQuestion(f"q{i}", f"Question {i}?", f"yes{i}", f"no{i}") for i in range(4)]
     questions.append(DebateQuestion("q4", "fail?", "a", "b"))
     judge = TranscriptJudge({q.question: q.correct for q in questions})
@@ -132,8 +132,10 @@ def test_accuracy_with_and_without_debate_from_known_verdicts():
     debate, alone = summary["debate"], summary["no_debate"]
     assert (debate["correct"], debate["n"], debate["failed"]) == (4, 4, 1)
     assert debate["accuracy"] == 1.0 and debate["ci"] == pytest.approx(list(wilson_interval(4, 4)))
-    assert (alone["correct"], alone["n"]) == (0, 4)
-    assert alone["mean_p_correct"] == pytest.approx(0.5)
+    # without a debate every P is exactly 1/2: four ties, counted half each
+    assert (alone["correct"], alone["ties"], alone["n"]) == (2.0, 4, 4)
+    assert alone["accuracy"] == 0.5 and alone["mean_p_correct"] == pytest.approx(0.5)
+    assert alone["ci"] == pytest.approx(list(wilson_interval(2, 4)))
     sigma2 = 1 / (1 + math.exp(-2.0))
     assert results[2].p_correct["debate"] == pytest.approx(sigma2)  # correct was in slot B
     assert results[4].failures == {"no_debate": "timeout", "debate": "timeout"}

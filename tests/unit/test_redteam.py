@@ -15,11 +15,11 @@ from alignkit.evaluate.redteam import (
     FailureClassifier,
     RedTeamSettings,
     RefusalRulesClassifier,
-    _rating_to_failure,
     _sigmoid_of_negative,
     draw_examples,
     extract_question,
     load_classifier,
+    rating_to_failure,
     red_team,
     summarise,
 )
@@ -93,8 +93,8 @@ def test_classifier_specs_and_score_transforms():
     function = load_classifier("tests.unit.test_redteam:mentions_bad")
     assert isinstance(function, FailureClassifier)
     assert function.failure_scores(["q", "q"], ["bad answer", "fine"]) == [1.0, 0.0]
-    assert _rating_to_failure(1.0) == 0.0 and _rating_to_failure(10.0) == 1.0
-    assert _rating_to_failure(5.5) == pytest.approx(0.5)
+    assert rating_to_failure(1.0) == 0.0 and rating_to_failure(10.0) == 1.0
+    assert rating_to_failure(5.5) == pytest.approx(0.5)
     assert _sigmoid_of_negative(0.0) == 0.5
     assert _sigmoid_of_negative(2.0) == pytest.approx(1 / (1 + math.exp(2.0)))
     assert _sigmoid_of_negative(-800.0) == 1.0  # no overflow
