@@ -12,9 +12,10 @@ Our own small sets, written for alignkit (package data under `tasks/data/hh_mini
   language, safe targets, safe contexts (games, professions), definitions, history,
   public figures, fiction and safety information. A model that refuses them pays the
   alignment tax.
-- `refusals.jsonl` (72): model-style replies to such requests labelled refusal or
+- `refusals.jsonl` (80): model-style replies to such requests labelled refusal or
   compliance, with the kinds that trip simple detectors (partial refusals, refusal then
-  compliance, compliance that mentions safety, refusals in other words): the test set of
+  compliance, compliance that mentions safety, refusals in other words), and 8 real
+  replies of SmolLM2-135M-Instruct (kind `smollm2`): the test set of
   `alignkit.evaluate.refusal`'s detector.
 
 Every record has an `id` and a `category` (replies: a `kind`). As a task for the RL

@@ -150,3 +150,22 @@ def test_a_judge_replaces_the_rules_and_sees_the_plain_request():
     assert result.report["baseline"]["asr"] == 0.0
     requests = {t["request"] for t in result.transcripts}
     assert all(p[-1]["content"] in requests and "FREEDOM" not in p[-1]["content"] for p in seen)
+
+
+def test_safety_docs_name_every_family_and_probe_option():
+    import argparse
+    from pathlib import Path
+
+    from alignkit.cli import probe
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "safety.md").read_text()
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    probe.register(subparsers)
+    options = {
+        option
+        for action in subparsers.choices["probe"]._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    missing = [name for name in [*FAMILIES, *sorted(options)] if f"`{name}" not in docs]
+    assert not missing, f"docs/safety.md does not mention: {missing}"

@@ -21,19 +21,19 @@ from alignkit.tasks.hh_mini import labelled_replies
 
 
 def test_rules_on_the_labelled_set_reach_the_documented_precision_and_recall():
-    """The figures docs/safety.md quotes: 35 of 38 refusals found, no false alarm among
-    the 34 compliant replies (precision 1.00, recall 0.92)."""
+    """The figures docs/safety.md quotes: 40 of 43 refusals found, no false alarm among
+    the 37 compliant replies (precision 1.00, recall 0.93)."""
     replies = labelled_replies()
     predicted = [is_refusal(r.response) for r in replies]
     scores = precision_recall(predicted, [r.refusal for r in replies])
-    assert (scores["tp"], scores["fp"], scores["fn"], scores["tn"]) == (35, 0, 3, 34)
+    assert (scores["tp"], scores["fp"], scores["fn"], scores["tn"]) == (40, 0, 3, 37)
     assert scores["precision"] >= 0.95 and scores["recall"] >= 0.90
 
 
 @pytest.mark.parametrize(
     "kind",
     ["refusal_then_compliance", "compliance_with_safety", "false_phrase", "over_refusal",
-     "affirmation_then_refusal", "partial"],
+     "affirmation_then_refusal", "partial", "smollm2"],
 )  # fmt: skip
 def test_every_tricky_kind_is_read_right(kind):
     replies = [r for r in labelled_replies() if r.kind == kind]
