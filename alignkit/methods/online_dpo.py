@@ -25,9 +25,10 @@ bottom in `run_online_dpo`:
    after it;
 6. **update the epistemic model** with the round's new labels (its replay buffer holds
    them all);
-7. **reference pass** without gradients: the reference's log-probs of every response (KL
-   of the samples, `objective/kl`) and the (pairs, 2, 2) table of summed log-probs and
-   target counts that `dpo_step` reads, as offline DPO's cached table;
+7. **reference pass** without gradients over the pairs' responses: their KL to the
+   reference (`objective/kl`, k1 summed over each response at the sampling temperature)
+   and the (pairs, 2, 2) table of summed log-probs and target counts that `dpo_step`
+   reads, as offline DPO's cached table;
 8. **optimizer steps**: `updates_per_round` steps of the registry's preference loss
    (`loss=`: dpo, ipo, simpo...) over the round's labelled pairs, each `Run.optimizer_step`
    over micro-batches of `micro_batch_size` pairs with offline DPO's `dpo_step`;
@@ -486,22 +487,24 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                         feats[rows_a], feats[rows_b], p_a, steps=config.ensemble.steps
                     )
 
-                # 7. reference pass: KL of the samples, the pairs' reference table
-                ref_at_t = score_completions(
-                    probe,
-                    CausalLMLogps(reference or policy, temperature=temperature),
-                    reference_context,
-                    tensors,
-                    config.micro_batch,
-                    device,
-                )[0]
+                # 7. reference pass over the pairs' responses: their KL, the reference table
                 mask = tensors["mask"]
-                old = rollout.logprobs.float() * mask
-                kl = ((old - ref_at_t) * mask).sum(-1)  # (R,) k1 per response
-                window, grad_norms = MetricWindow(), []
+                window, grad_norms, kl = MetricWindow(), [], None
                 if labels.pairs:
+                    rows = [p * K + side for p, c, r, _, _ in labels.pairs for side in (c, r)]
+                    subset = {k: v[rows] for k, v in tensors.items()}
+                    ref_at_t = score_completions(
+                        probe,
+                        CausalLMLogps(reference or policy, temperature=temperature),
+                        reference_context,
+                        subset,
+                        config.micro_batch,
+                        device,
+                    )[0]
+                    old = rollout.logprobs[rows].float() * subset["mask"]
+                    kl = ((old - ref_at_t) * subset["mask"]).sum(-1)  # k1 per response
                     table = reference_table(
-                        labels.pairs, K, tensors, ref_at_t, temperature, probe, reference,
+                        len(labels.pairs), subset, ref_at_t, temperature, probe, reference,
                         policy, reference_context, config, device,
                     )  # fmt: skip
                     examples = pair_examples(labels.pairs, K, tensors, config)
@@ -530,13 +533,14 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                         "pairs/from_ensemble": sum(s == "ensemble" for *_, s in labels.pairs),
                         "pairs/ties": labels.ties,
                         "pairs/failed": labels.failed,
-                        "objective/kl": float(kl.mean()),
                         "completions/mean_length": float(mask.sum(-1).float().mean()),
                         "completions/eos_rate": float(rollout.finished.float().mean()),
                         "lr": run.scheduler.get_last_lr()[0],
                         **{f"ensemble/{k}": float(v) for k, v in ensemble_metrics.items()},
                     }
                 )
+                if kl is not None:
+                    metrics["objective/kl"] = float(kl.mean())
                 if labels.scores:
                     metrics["objective/scores"] = sum(labels.scores) / len(labels.scores)
                 metrics["seconds_per_step"] = time.perf_counter() - started
@@ -641,26 +645,25 @@ def mixed_labels(member_scores, pairs, fraction: float, generator) -> dict[int, 
 
 
 def reference_table(
-    pairs, K, tensors, ref_at_t, temperature, probe, reference, policy, reference_context,
+    n_pairs, rows, ref_at_t, temperature, probe, reference, policy, reference_context,
     config, device,
 ) -> torch.Tensor:  # fmt: skip
     """(pairs, 2, 2): [chosen, rejected] x [summed reference log-prob at temperature 1,
-    target count], as `dpo_step` reads it."""
-    rows = [p * K + side for p, c, r, _, _ in pairs for side in (c, r)]
-    if temperature == 1.0:
-        ref = ref_at_t[rows]
-    else:  # the loss compares the models themselves (temperature 1)
-        subset = {k: v[rows] for k, v in tensors.items()}
+    target count], as `dpo_step` reads it. `rows`: the pairs' responses, chosen and
+    rejected alternating; `ref_at_t`: their reference log-probs at the sampling
+    temperature (reused when that is 1)."""
+    ref = ref_at_t
+    if temperature != 1.0:  # the loss compares the models themselves (temperature 1)
         ref = score_completions(
             probe,
             CausalLMLogps(reference or policy),
             reference_context,
-            subset,
+            rows,
             config.micro_batch,
             device,
         )[0]
-    counts = tensors["mask"][rows].sum(-1).float()
-    return torch.stack([ref.sum(-1), counts], dim=-1).reshape(len(pairs), 2, 2)
+    counts = rows["mask"].sum(-1).float()
+    return torch.stack([ref.sum(-1), counts], dim=-1).reshape(n_pairs, 2, 2)
 
 
 def pair_examples(pairs, K, tensors, config) -> list[dict]:
