@@ -89,7 +89,13 @@ def test_each_selection_rule_runs_a_round(tiny_model_dir, prompts_file, tmp_path
     assert len(items) == len(answers) == logged["queries/used"]
     assert {"objective/scores", "queries/used"} <= logged.keys()
     if logged["pairs/labelled"]:
-        assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "loss", "objective/kl"} <= logged.keys()
+        assert {
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "loss",
+            "objective/kl",
+        } <= logged.keys()
     assert (result.final_dir / "config.json").is_file()
     assert (tmp_path / rule / "ensemble.pt").is_file() == (
         rule.startswith("sea") or rule == "uncertainty"
