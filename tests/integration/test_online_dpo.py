@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from alignkit.config import EnsembleSettings, OnlineDPOConfig
 from alignkit.methods.online_dpo import run_online_dpo
+from alignkit.models.lora import LoraSettings
 from tests.conftest import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +80,11 @@ def test_the_configs_rules_are_the_selection_registry():
     "rule", ["passive", "random", "best_worst", "sea_ee", "sea_bai", "uncertainty"]
 )
 def test_each_selection_rule_runs_a_round(tiny_model_dir, prompts_file, tmp_path, rule):
-    result = run_online_dpo(settings(tiny_model_dir, prompts_file, tmp_path / rule, selection=rule))
+    # sea_bai runs with LoRA: features and reference from the adapter-disabled policy
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0) if rule == "sea_bai" else None
+    result = run_online_dpo(
+        settings(tiny_model_dir, prompts_file, tmp_path / rule, selection=rule, lora=lora)
+    )
     (logged,) = read_metrics(tmp_path / rule)
     # a score labeller is called once per response it scores: best_worst all K, others 2
     per_prompt = 3 if rule == "best_worst" else 2
@@ -96,7 +101,8 @@ def test_each_selection_rule_runs_a_round(tiny_model_dir, prompts_file, tmp_path
             "loss",
             "objective/kl",
         } <= logged.keys()
-    assert (result.final_dir / "config.json").is_file()
+    adapter = "adapter_config.json" if lora else "config.json"
+    assert (result.final_dir / adapter).is_file()
     assert (tmp_path / rule / "ensemble.pt").is_file() == (
         rule.startswith("sea") or rule == "uncertainty"
     )
