@@ -129,7 +129,8 @@ def run(args) -> int:
             overrides=args.rl,
             target=target,
             classifier=classifier,
-            options=_named(local, "model", args.target_model),
+            target_options=_named(local, "model", args.target_model),
+            classifier_options=_named(local, "judge_model", args.judge_model),
         )
         rl_attacker = load_generator(str(final), **local)
     report, attempts = red_team(

@@ -448,10 +448,9 @@ def failure_reward(reward_file: str) -> FailureReward:
     from alignkit.feedback.generators import load_generator
 
     saved = json.loads((path.parent / REWARD_SETTINGS).read_text())
-    options = saved.get("options", {})
     reward = FailureReward(
-        load_generator(saved["target"], **options),
-        load_classifier(saved["classifier"], **options),
+        load_generator(saved["target"], **saved.get("target_options", {})),
+        load_classifier(saved["classifier"], **saved.get("classifier_options", {})),
         RedTeamSettings(**saved["settings"]),
     )
     _LIVE_REWARDS[str(path)] = reward
@@ -468,14 +467,16 @@ def train_attacker(
     overrides: Sequence[str] = (),
     target=None,
     classifier=None,
-    options: dict | None = None,
+    target_options: dict | None = None,
+    classifier_options: dict | None = None,
 ) -> Path:
     """RL-train a local attacker model to write questions the target fails on (Perez et
     al. 2022, sec. 3.1, RL): RLOO (`alignkit.methods.rloo`) on the zero-shot prompt, the
     reward `FailureReward`, the KL penalty to the starting attacker the loop's own
     (`kl_coef`). `overrides` are `key=value` settings of `RLOOConfig` (max_steps,
     learning_rate, kl_coef, num_generations, ...). `target` / `classifier`: already
-    loaded ones to reuse in this process (else loaded from the specs). Returns the
+    loaded ones to reuse in this process (else loaded from the specs with
+    `target_options` / `classifier_options`, the loaders' keyword options). Returns the
     trained attacker's folder (`output_dir/final`).
 
     The loop takes its reward as a `file.py:function` spec, so the run folder gets a
@@ -496,7 +497,8 @@ def train_attacker(
                 "target": str(target_spec),
                 "classifier": str(classifier_spec),
                 "settings": asdict(settings),
-                "options": options or {},
+                "target_options": target_options or {},
+                "classifier_options": classifier_options or {},
             },
             indent=2,
         )

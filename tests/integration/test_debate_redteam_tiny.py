@@ -89,7 +89,7 @@ def test_failure_reward_rebuilds_from_its_settings_file(tiny_model_dir, tmp_path
                 "target": str(tiny_model_dir),
                 "classifier": "tests.integration.test_debate_redteam_tiny:question_length",
                 "settings": {"target_max_new_tokens": 4, "seed": 3},
-                "options": {"device": "cpu"},
+                "target_options": {"device": "cpu"},
             }
         )
     )
