@@ -18,7 +18,7 @@ def register(subparsers) -> None:
             "the correct answer and one a plausible wrong answer, alternating for --turns "
             "statements; reading questions come with a passage only the debaters see. The "
             "judge picks an answer from the question alone and from the question and the "
-            "debate. Writes judge accuracy with 95%% Wilson intervals for both, and every "
+            "debate. Writes judge accuracy with 95% Wilson intervals for both, and every "
             "transcript to --transcripts (JSONL)."
         ),
     )

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "An attacker model writes test questions (zero-shot; stochastic few-shot from the "
             "zero-shot questions that worked best; rl: zero-shot after RL training against the "
             "target), the target answers, the classifier flags failures. Writes the attack "
-            "success rate (95%% Wilson interval), mean failure score and self-BLEU of the "
+            "success rate (95% Wilson interval), mean failure score and self-BLEU of the "
             "questions per method, and every attempt to --transcripts (JSONL)."
         ),
     )

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "[log pi(a) - log pi_ref(a)] - [log pi(m) - log pi_ref(m)] > 0 with --reference, "
             "log pi(a) - log pi(m) > 0 without. With --judge, the judge (a reward model, "
             "llm:MODEL, openai:URL, module:function) is tested instead. Writes the pass rate "
-            "per value with 95%% Wilson intervals and every failed query."
+            "per value with 95% Wilson intervals and every failed query."
         ),
     )
     subject = parser.add_mutually_exclusive_group(required=True)
