@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "the same seeds) and report mean reward, KL(policy || reference) per sequence "
             "and per token, the win rate against the reference under a judge (both orders, "
             "ties half) beside its length-controlled version, mean length, distinct-1/2 and "
-            "the EOS rate, each with a 95%% interval. Writes OUT (JSON) and "
+            "the EOS rate, each with a 95% interval. Writes OUT (JSON) and "
             "OUT_STEM.samples.jsonl, and prints a table."
         ),
     )

@@ -27,7 +27,8 @@ def test_help_lists_command_groups_and_version():
     assert result.returncode == 0
     for group in (
         "models", "chat", "data", "sft", "dpo", "kto", "rm", "score", "generate", "ppo", "rloo",
-        "grpo", "quickstart",
+        "grpo", "quickstart", "serve", "label", "cai", "eval", "probe", "redteam", "debate",
+        "verify", "online-dpo",
     ):  # fmt: skip
         assert f"    {group}" in result.stdout
     from alignkit import __version__
