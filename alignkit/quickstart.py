@@ -264,9 +264,9 @@ class Quickstart:
     def evaluate_policies(self, policies: dict) -> tuple[dict, dict]:
         """Each policy (name -> model folder, None for the start) on the held-out prompts:
         (rows of oracle reward / KL to start / length, samples)."""
-        from alignkit.evaluate.policy import evaluate_policy
         from alignkit.feedback.function import load_judge
         from alignkit.models.loading import load_model_and_tokenizer
+        from alignkit.rollout.evaluation import evaluate_policy
         from alignkit.tasks.sentiment import prompts
 
         held_out = prompts("test")[: self.preset.eval_prompts]

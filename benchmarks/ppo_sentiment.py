@@ -29,10 +29,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from alignkit.evaluate.policy import evaluate_policy
 from alignkit.feedback.function import load_judge
 from alignkit.models import DEFAULT_MODEL, resolve_model_path
 from alignkit.models.loading import load_model_and_tokenizer
+from alignkit.rollout.evaluation import evaluate_policy
 from alignkit.rollout.sampling import SamplingSettings
 from alignkit.tasks import get_task
 from alignkit.train.checkpoint import STEP_DIR

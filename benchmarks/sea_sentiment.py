@@ -51,10 +51,10 @@ def start_point(config) -> dict:
     """The starting policy on the held-out prompts with the sampling seeds the runs'
     evaluations use (`alignkit.methods.rl.evaluate_prompts`): the 0-query point."""
     from alignkit.data.loading import load_records
-    from alignkit.evaluate.policy import evaluate_policy
     from alignkit.feedback.function import load_judge
     from alignkit.methods.rl import sampling_settings
     from alignkit.models.loading import load_model_and_tokenizer
+    from alignkit.rollout.evaluation import evaluate_policy
     from alignkit.rollout.sampling import SamplingSettings
 
     model, tokenizer = load_model_and_tokenizer(config.model, device="cpu", dtype="float32")

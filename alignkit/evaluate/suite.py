@@ -42,9 +42,9 @@ from alignkit.evaluate.metrics import (
     ratio_estimate,
     win_rate_estimate,
 )
-from alignkit.evaluate.policy import evaluate_policy
 from alignkit.feedback.judge import Text
 from alignkit.fsutil import atomic_jsonl
+from alignkit.rollout.evaluation import evaluate_policy
 from alignkit.rollout.sampling import SamplingSettings
 
 log = logging.getLogger("alignkit")

@@ -50,12 +50,12 @@ from alignkit.data.loading import load_records
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.errors import AlignkitError
-from alignkit.evaluate.policy import evaluate_policy
 from alignkit.losses.ppo import AdaptiveKLController, FixedKLController, kl_estimate
 from alignkit.methods.common import load_trainable_model, seed_everything
 from alignkit.models.device import select_device
 from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps
 from alignkit.rollout.batch import completion_logps, completion_rows, completion_values
+from alignkit.rollout.evaluation import evaluate_policy
 from alignkit.rollout.sampling import SamplingSettings, row_seed, sample
 from alignkit.train.loop import MetricWindow, check_divisible, step_indices, total_steps
 from alignkit.train.metrics import truncate_after

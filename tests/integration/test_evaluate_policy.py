@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from alignkit.data.templating import ChatEncoder
-from alignkit.evaluate.policy import evaluate_policy
 from alignkit.feedback.function import FunctionJudge
 from alignkit.models.tiny import tiny_model
+from alignkit.rollout.evaluation import evaluate_policy
 from alignkit.rollout.sampling import SamplingSettings
 
 

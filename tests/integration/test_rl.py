@@ -424,10 +424,10 @@ def test_eval_data_is_evaluated_every_eval_every_steps_and_at_the_end(rl_files, 
     # The final evaluation's KL is the trained policy's to the starting model: recomputed
     # here from the saved final/ and the start folder with the same sampling seeds. (It
     # once measured the policy against itself and logged 0.)
-    from alignkit.evaluate.policy import evaluate_policy
     from alignkit.feedback.function import load_judge
     from alignkit.methods.rl import sampling_settings
     from alignkit.models.loading import load_model_and_tokenizer
+    from alignkit.rollout.evaluation import evaluate_policy
 
     config = PPOConfig(**rl_settings(rl_files, tmp_path / "unused"))
     final, tokenizer = load_model_and_tokenizer(str(tmp_path / "eval" / "final"), device="cpu")
