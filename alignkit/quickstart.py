@@ -24,21 +24,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.report import write_report
+
 log = logging.getLogger("alignkit")
 
 
 @dataclass(frozen=True)
 class Preset:
-    train_prompts: int
+    train_prompts: int  # prompts sampled for pairs
+    samples_per_prompt: int  # K: each prompt's pair is its best and worst of K (oracle)
     eval_prompts: int
     max_new_tokens: int
     rm_epochs: float
     rm_learning_rate: float
-    ppo_steps: int
-    ppo_batch_size: int
+    ppo_steps: int  # rollout batches
+    ppo_batch_size: int  # prompts per rollout batch
     ppo_learning_rate: float
+    ppo_kl_coef: float
+    ppo_critic_learning_rate: float
     dpo_epochs: float
     dpo_learning_rate: float
+    dpo_beta: float = 0.1
     batch_size: int = 16
     temperature: float = 0.7
     min_score_gap: float = 0.05  # pairs whose oracle scores are closer are ties, skipped
@@ -47,29 +53,35 @@ class Preset:
 
 PRESETS = {
     "full": Preset(
-        train_prompts=192,
+        train_prompts=160,
+        samples_per_prompt=4,
         eval_prompts=80,
-        max_new_tokens=24,
-        rm_epochs=3,
+        max_new_tokens=40,
+        rm_epochs=4,
         rm_learning_rate=5e-5,
-        ppo_steps=10,
+        ppo_steps=8,
         ppo_batch_size=16,
-        ppo_learning_rate=1e-5,
+        ppo_learning_rate=3e-5,
+        ppo_kl_coef=0.02,
+        ppo_critic_learning_rate=1e-4,
         dpo_epochs=2,
-        dpo_learning_rate=2e-5,
+        dpo_learning_rate=3e-5,
         min_score_gap=0.25,
     ),
     "tiny": Preset(
         train_prompts=32,
+        samples_per_prompt=2,
         eval_prompts=16,
         max_new_tokens=8,
         rm_epochs=1,
         rm_learning_rate=1e-3,
         ppo_steps=2,
         ppo_batch_size=8,
-        ppo_learning_rate=1e-4,
+        ppo_learning_rate=1e-3,
+        ppo_kl_coef=0.05,
+        ppo_critic_learning_rate=1e-3,
         dpo_epochs=1,
-        dpo_learning_rate=1e-4,
+        dpo_learning_rate=1e-3,
         batch_size=8,
         min_score_gap=-1.0,  # random tokens rarely carry sentiment: keep every pair
         tiny=True,
@@ -116,8 +128,10 @@ class Quickstart:
             marker.write_text(json.dumps({"seconds": time.perf_counter() - stage_start}))
             print(f"{prefix}: finished in {time.perf_counter() - stage_start:.0f} s", flush=True)
         summary = json.loads((self.out / "summary.json").read_text())
+        report = write_report([self.out], self.out / "report.html", title="alignkit quickstart")
         print(format_summary(summary))
         print(f"total {time.perf_counter() - started:.0f} s; results in {self.out}")
+        print(f"report: {report} (open it in a browser)")
         return summary
 
     @property
@@ -147,48 +161,58 @@ class Quickstart:
     # ---- stages ---------------------------------------------------------------------
 
     def make_pairs(self) -> None:
+        from tqdm.auto import tqdm
+
         from alignkit.data.templating import ChatEncoder, pad_token_id
         from alignkit.models.loading import load_model_and_tokenizer
         from alignkit.rollout.sampling import sample
-        from alignkit.tasks.sentiment import oracle, prompts
+        from alignkit.tasks.sentiment import chat_prompts, oracle
 
-        train = prompts("train")[: self.preset.train_prompts]
+        k = self.preset.samples_per_prompt
+        train = chat_prompts("train")[: self.preset.train_prompts]
         model, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         encoder = ChatEncoder(tokenizer)
         eos, pad = encoder.stop_token_ids, pad_token_id(tokenizer)
         pairs, skipped = [], 0
-        batch = max(1, self.preset.batch_size // 2)
-        from tqdm.auto import tqdm
-
-        for start in tqdm(range(0, len(train), batch), desc="sampling pairs", dynamic_ncols=True):
-            chunk = train[start : start + batch]
-            ids = [encoder.encode_prompt(p) for p in chunk for _ in range(2)]
+        per_call = max(1, self.preset.batch_size // k)  # prompts per sampler call
+        bar = tqdm(total=len(train), desc="sampling", unit="prompt", dynamic_ncols=True)
+        for start in range(0, len(train), per_call):
+            chunk = train[start : start + per_call]
+            ids = [encoder.encode_prompt(p) for p in chunk for _ in range(k)]
             rollout = sample(model, ids, self.sampling(self.seed + start), eos_ids=eos, pad_id=pad)
             texts = [t.strip() for t in rollout.texts(tokenizer)]
-            for k, prompt in enumerate(chunk):
-                a, b = texts[2 * k], texts[2 * k + 1]
-                score_a, score_b = oracle(prompt, a), oracle(prompt, b)
-                if abs(score_a - score_b) < self.preset.min_score_gap or not a or not b:
+            for i, prompt in enumerate(chunk):
+                # the oracle stands in for a human who ranks the K samples; the pair is the
+                # best against the worst (the widest margin teaches the most per pair)
+                ranked = sorted(
+                    ((oracle(prompt, t), t) for t in texts[i * k : (i + 1) * k] if t),
+                    key=lambda scored: scored[0],
+                )
+                if len(ranked) < 2 or ranked[-1][0] - ranked[0][0] < self.preset.min_score_gap:
                     skipped += 1  # a tie teaches nothing
                     continue
-                if score_a < score_b:
-                    a, b, score_a, score_b = b, a, score_b, score_a
+                (score_b, b), (score_a, a) = ranked[0], ranked[-1]
                 pairs.append(
                     {
                         "prompt": prompt,
-                        "chosen": a,
-                        "rejected": b,
+                        "chosen": [{"role": "assistant", "content": a}],
+                        "rejected": [{"role": "assistant", "content": b}],
                         "score_chosen": score_a,
                         "score_rejected": score_b,
                     }
                 )
+            bar.update(len(chunk))
+        bar.close()
         random.Random(self.seed).shuffle(pairs)
-        held_out = max(2, len(pairs) // 10)
+        held_out = max(2, len(pairs) // 8)
         write_jsonl(self.out / "pairs" / "eval.jsonl", pairs[:held_out])
         write_jsonl(self.out / "pairs" / "train.jsonl", pairs[held_out:])
-        write_jsonl(self.out / "pairs" / "prompts.jsonl", [{"prompt": p} for p in train])
+        write_jsonl(
+            self.out / "pairs" / "prompts.jsonl", [{"prompt": p} for p in chat_prompts("train")]
+        )
         print(
-            f"    {len(pairs)} labelled pairs ({skipped} ties skipped), {held_out} held out for the reward model"
+            f"    {len(pairs)} labelled pairs (best vs worst of {k} samples; {skipped} prompts "
+            f"without a clear winner skipped), {held_out} held out for the reward model"
         )
 
     def _common(self, name: str) -> dict:
@@ -236,11 +260,12 @@ class Quickstart:
                 max_steps=self.preset.ppo_steps,
                 batch_size=self.preset.ppo_batch_size,
                 learning_rate=self.preset.ppo_learning_rate,
-                critic_learning_rate=10 * self.preset.ppo_learning_rate,
+                critic_learning_rate=self.preset.ppo_critic_learning_rate,
+                micro_batch_size=8,
                 max_new_tokens=self.preset.max_new_tokens,
                 temperature=self.preset.temperature,
                 ppo_epochs=2,
-                kl_coef=0.05,
+                kl_coef=self.preset.ppo_kl_coef,
                 sample_every=max(1, self.preset.ppo_steps // 3),
             )
         )
@@ -257,7 +282,7 @@ class Quickstart:
                 epochs=self.preset.dpo_epochs,
                 batch_size=self.preset.batch_size,
                 learning_rate=self.preset.dpo_learning_rate,
-                beta=0.1,
+                beta=self.preset.dpo_beta,
             )
         )
 
@@ -267,9 +292,9 @@ class Quickstart:
         from alignkit.feedback.function import load_judge
         from alignkit.models.loading import load_model_and_tokenizer
         from alignkit.rollout.evaluation import evaluate_policy
-        from alignkit.tasks.sentiment import prompts
+        from alignkit.tasks.sentiment import chat_prompts
 
-        held_out = prompts("test")[: self.preset.eval_prompts]
+        held_out = chat_prompts("test")[: self.preset.eval_prompts]
         judge = load_judge("task:sentiment")
         start, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         start.eval()
@@ -291,10 +316,31 @@ class Quickstart:
                 "oracle_reward": result.reward,
                 "reward_sem": result.reward_sem,
                 "kl_to_start": result.kl,
+                "kl_sem": result.kl_sem,
                 "mean_length": result.length,
             }
             samples[name] = result.samples
+        for name in rows:
+            rows[name]["win_rate"] = win_rate_against(samples[name], samples["start"])
         return rows, samples
+
+    def token_reward_maps(self, policy_dir: Path, samples: list[dict], count: int = 4) -> list:
+        """Per-token implicit rewards of the first `count` held-out samples of the policy
+        in `policy_dir` against the start, at DPO's beta (for the report's heat maps)."""
+        from alignkit.evaluate.token_reward import token_rewards
+        from alignkit.models.loading import load_model_and_tokenizer
+
+        start, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
+        policy = load_model_and_tokenizer(policy_dir, device="auto", dtype="float32")[0]
+        first = samples[:count]
+        return token_rewards(
+            policy,
+            start,
+            tokenizer,
+            [s["prompt"] for s in first],
+            [s["completion"] for s in first],
+            beta=self.preset.dpo_beta,
+        )
 
     def evaluate(self) -> None:
         rows, samples = self.evaluate_policies(
@@ -302,10 +348,15 @@ class Quickstart:
         )
         summary = {
             "preset": self.preset_name,
-            "task": "sentiment",
+            "task": "sentiment-chat",
             "held_out_prompts": len(samples["start"]),
             "policies": rows,
+            "reward_model": reward_model_accuracy(self.out / "rm"),
         }
+        maps = self.token_reward_maps(self.out / "dpo" / "final", samples["dpo"])
+        (self.out / "dpo.token_rewards.json").write_text(
+            json.dumps([m.to_json() for m in maps], indent=1, ensure_ascii=False) + "\n"
+        )
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         write_jsonl(
             self.out / "samples_before_after.jsonl",
@@ -320,17 +371,54 @@ class Quickstart:
         )
 
 
+def win_rate_against(mine: list[dict], theirs: list[dict]) -> float:
+    """Share of prompts where `mine` scores above `theirs` (same prompts, same order),
+    ties counting half."""
+    if not mine:
+        return float("nan")
+    wins = sum(
+        1.0 if a["score"] > b["score"] else 0.5 if a["score"] == b["score"] else 0.0
+        for a, b in zip(mine, theirs, strict=True)
+    )
+    return wins / len(mine)
+
+
+def reward_model_accuracy(run_dir: Path) -> dict:
+    """The reward model's last held-out accuracy and how many pairs it was measured on."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    accuracy = next((r["eval/accuracy"] for r in reversed(rows) if "eval/accuracy" in r), None)
+    pairs = len((run_dir.parent / "pairs" / "eval.jsonl").read_text().splitlines())
+    return {"accuracy": accuracy, "pairs": pairs}
+
+
 def format_summary(summary: dict) -> str:
-    width = max(8, *(len(name) + 2 for name in summary["policies"]))
+    """The console table: each policy's held-out oracle reward, its gain over the start,
+    KL to the start and win rate against it."""
+    policies = summary["policies"]
+    start = policies.get("start", {}).get("oracle_reward", float("nan"))
+    width = max(8, *(len(name) + 2 for name in policies))
+    header = ("oracle reward", "gain", "KL to start", "win rate", "length")
     lines = [
-        f"sentiment task, {summary['held_out_prompts']} held-out prompts (preset {summary['preset']})",
-        f"{'policy':<{width}}{'oracle reward':>16}{'KL to start':>13}{'length':>8}",
+        f"{summary.get('task', 'sentiment')} task, {summary['held_out_prompts']} held-out "
+        f"prompts (preset {summary['preset']})",
+        f"{'policy':<{width}}{header[0]:>16}{header[1]:>8}{header[2]:>14}{header[3]:>10}{header[4]:>8}",
     ]
-    for name, row in summary["policies"].items():
+    for name, row in policies.items():
         reward = f"{row['oracle_reward']:+.3f} ± {row['reward_sem']:.3f}"
+        gain = "" if name == "start" else f"{row['oracle_reward'] - start:+.3f}"
+        kl = f"{row['kl_to_start']:.2f} ± {row.get('kl_sem', 0.0):.2f}"
+        win = "" if name == "start" else f"{row.get('win_rate', float('nan')):.2f}"
         lines.append(
-            f"{name:<{width}}{reward:>16}{row['kl_to_start']:>13.2f}{row['mean_length']:>8.1f}"
+            f"{name:<{width}}{reward:>16}{gain:>8}{kl:>14}{win:>10}{row['mean_length']:>8.1f}"
         )
+    lines.append(
+        "KL: nats per completion, the mean of log pi - log pi_start over the policy's own "
+        "samples (k1) ± its standard error; win rate: share of prompts scored above the start"
+    )
+    accuracy = (summary.get("reward_model") or {}).get("accuracy")
+    if accuracy is not None:
+        pairs = summary["reward_model"]["pairs"]
+        lines.append(f"reward model: held-out accuracy {accuracy:.3f} on {pairs} pairs")
     return "\n".join(lines)
 
 

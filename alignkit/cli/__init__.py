@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "alignkit.cli.redteam",
     "alignkit.cli.debate",
     "alignkit.cli.verify",
+    "alignkit.cli.report",
 )
 
 

@@ -82,5 +82,12 @@ def run(args) -> int:
     print(result.table())
     print(f"wrote {args.out} and {samples_path(args.out)}")
     if args.token_rewards:
-        print("token rewards: " + " and ".join(map(str, token_reward_paths(args.out))))
+        import json
+
+        from alignkit.report import token_maps_page
+
+        json_path, html_path = token_reward_paths(args.out)
+        maps = json.loads(json_path.read_text(encoding="utf-8"))
+        html_path.write_text(token_maps_page(maps) + "\n", encoding="utf-8")
+        print(f"token rewards: {json_path} and {html_path}")
     return 0

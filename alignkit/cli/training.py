@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger("alignkit")
 
 
 def add_training_command(subparsers, name: str, config_class, help_text: str, runner: str) -> None:
@@ -27,10 +33,50 @@ def add_training_command(subparsers, name: str, config_class, help_text: str, ru
         from alignkit.config import load_config
 
         module, function = runner.split(":")
-        result = getattr(importlib.import_module(module), function)(
-            load_config(config_class, args.config, args.overrides)
-        )
+        config = load_config(config_class, args.config, args.overrides)
+        train = getattr(importlib.import_module(module), function)
+        try:
+            result = train(config)
+        except KeyboardInterrupt:
+            print(interrupted_message(name, args, Path(config.output_dir)), file=sys.stderr)
+            return 130
         print(f"done: {result.steps} steps; model in {result.final_dir}")
+        report = write_run_report(Path(config.output_dir))
+        if report is not None:
+            print(f"report: {report}")
         return 0
 
     parser.set_defaults(run=run_command)
+
+
+def interrupted_message(command: str, args, output_dir: Path) -> str:
+    """What Ctrl-C leaves behind and the command line that continues from it."""
+    from alignkit.train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(output_dir) if output_dir.is_dir() else []
+    if not found:
+        return (
+            f"interrupted before the first checkpoint of {output_dir}; nothing to resume "
+            "(save_every sets how often checkpoints are written)"
+        )
+    again = ["alignkit", command]
+    if args.config:
+        again += ["--config", args.config]
+    again += [o for o in args.overrides if not o.startswith(("resume=", "overwrite="))]
+    again.append("resume=auto")
+    return (
+        f"interrupted; the last checkpoint is {found[-1]}\n"
+        f"continue from it with: {shlex.join(again)}"
+    )
+
+
+def write_run_report(output_dir: Path) -> Path | None:
+    """report.html in the run folder. A report that cannot be written is a warning, not
+    a failed run: the trained model is already saved."""
+    try:
+        from alignkit.report import write_report
+
+        return write_report([output_dir], output_dir / "report.html")
+    except Exception as err:  # noqa: BLE001 - the run itself succeeded
+        log.warning("could not write %s: %s", output_dir / "report.html", err)
+        return None

@@ -413,7 +413,6 @@ def run_eval(
     }
     write_result(result, out, header)
     if token_rewards:
-        from alignkit.evaluate.token_reward import render_html
         from alignkit.evaluate.token_reward import token_rewards as compute_maps
 
         first = result.samples[:token_rewards]
@@ -426,10 +425,9 @@ def run_eval(
             beta=beta,
             batch_size=settings.batch_size,
         )
-        json_path, html_path = token_reward_paths(out)
+        json_path, _ = token_reward_paths(out)
         json_path.write_text(
             json.dumps([m.to_json() for m in maps], indent=1, ensure_ascii=False) + "\n",
             encoding="utf-8",
         )
-        html_path.write_text(render_html(maps) + "\n", encoding="utf-8")
     return result

@@ -14,14 +14,13 @@ text prompts get EOS), so the sum is the quantity DPO trained, and the map shows
 end-of-turn token's share too.
 
 `token_rewards(...)` computes the maps (teacher-forced, batched, through `CausalLMLogps`);
-`TokenRewardMap.to_json()` exports one; `render_html(maps)` draws them as coloured text,
-a self-contained HTML fragment (inline styles only) that the run report embeds.
+`TokenRewardMap.to_json()` exports one; the report (alignkit/report) draws them as coloured
+text, each token's background from `colour(value, scale)`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -148,7 +147,7 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
     return pieces
 
 
-# ---- HTML ---------------------------------------------------------------------------
+# ---- colour --------------------------------------------------------------------------
 
 # A diverging scale centred at 0: white at 0, blue for reward the policy gained, red for
 # reward it lost (ColorBrewer RdBu end points; readable by red-green colour-blind readers).
@@ -163,54 +162,3 @@ def colour(value: float, scale: float) -> str:
     end = _POSITIVE if t > 0 else _NEGATIVE
     r, g, b = (round(w + abs(t) * (e - w)) for w, e in zip(_WHITE, end, strict=True))
     return f"rgb({r}, {g}, {b})"
-
-
-def render_html(maps: Sequence[TokenRewardMap], scale: float | None = None) -> str:
-    """One HTML fragment (a <div>, inline styles, no script) drawing each map as its
-    prompt and its response, every token's background coloured by its reward on one
-    shared scale (default: the largest |r_t| over all maps) and its value in a tooltip.
-    All text is HTML-escaped."""
-    if scale is None:
-        scale = max((abs(v) for m in maps for v in m.values), default=0.0)
-    parts = [
-        '<div class="alignkit-token-rewards" style="font-family: sans-serif; font-size: 14px">',
-        _legend(scale),
-    ]
-    for m in maps:
-        prompt = m.prompt if isinstance(m.prompt, str) else m.prompt[-1]["content"]
-        parts.append(
-            '<div class="alignkit-token-map" style="margin: 0.8em 0; padding: 0.5em; '
-            'border: 1px solid #ddd; border-radius: 4px">'
-            f'<div style="color: #555; margin-bottom: 0.3em">{html.escape(prompt)}</div>'
-            '<div style="font-family: monospace; white-space: pre-wrap; line-height: 1.7">'
-            + "".join(
-                _token_span(piece, value, scale)
-                for piece, value in zip(m.tokens, m.values, strict=True)
-            )
-            + "</div>"
-            f'<div style="color: #555; margin-top: 0.3em">total {m.total:+.3f} '
-            f"(beta = {m.beta:g}, {len(m.values)} tokens)</div></div>"
-        )
-    parts.append("</div>")
-    return "\n".join(parts)
-
-
-def _token_span(piece: str, value: float, scale: float) -> str:
-    shown = piece.replace("\n", "\u21b5\n")  # a newline stays visible as a coloured arrow
-    return (
-        f'<span style="background: {colour(value, scale)}" '
-        f'title="{html.escape(repr(piece), quote=True)}: {value:+.4f}">{html.escape(shown)}</span>'
-    )
-
-
-def _legend(scale: float) -> str:
-    stops = [-scale, -scale / 2, 0.0, scale / 2, scale]
-    cells = "".join(
-        f'<span style="background: {colour(v, scale)}; padding: 0 0.6em">{v:+.3g}</span>'
-        for v in stops
-    )
-    return (
-        '<div style="margin-bottom: 0.5em">per-token implicit reward '
-        "beta * (log pi - log pi_ref): red = lower than the reference, blue = higher "
-        f"{cells}</div>"
-    )

@@ -25,6 +25,7 @@ class PolicyEvaluation:
     reward: float  # mean judge score (nan without a judge)
     reward_sem: float  # standard error of that mean
     kl: float  # mean per-completion KL(pi || pi_ref) estimate
+    kl_sem: float  # standard error of that mean (0 without a reference)
     length: float  # mean completion length in tokens
     # prompt, completion, score (None without a judge), kl, length, finished
     samples: list[dict] = field(default_factory=list)
@@ -98,12 +99,20 @@ def evaluate_policy(
         )
         if progress is not None:
             progress(len(chunk))
-    values = torch.tensor(scores, dtype=torch.float64)
-    sem = float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0
+    reward, reward_sem = _mean_and_sem(scores)
+    kl, kl_sem = _mean_and_sem(kls)
     return PolicyEvaluation(
-        reward=float(values.mean()) if scores else float("nan"),
-        reward_sem=sem,
-        kl=float(torch.tensor(kls).mean()) if kls else 0.0,
+        reward=reward,
+        reward_sem=reward_sem,
+        kl=kl if kls else 0.0,
+        kl_sem=kl_sem,
         length=float(torch.tensor(lengths, dtype=torch.float64).mean()),
         samples=samples,
     )
+
+
+def _mean_and_sem(values: list[float]) -> tuple[float, float]:
+    """Mean (nan if empty) and its standard error (sample std / sqrt(n); 0 below 2 values)."""
+    data = torch.tensor(values, dtype=torch.float64)
+    mean = float(data.mean()) if values else float("nan")
+    return mean, float(data.std() / len(values) ** 0.5) if len(values) > 1 else 0.0

@@ -68,7 +68,15 @@ StepFn = Callable[[torch.nn.Module, dict], "tuple[torch.Tensor, dict[str, torch.
 # What a run writes into its folder: the signs that a folder already holds a run, and
 # what overwrite=true removes. (Not `ref_logps/`: a cache keyed by its inputs, written
 # before training starts, and valid for any run on the same data.)
-RUN_ARTIFACTS = ("final", "checkpoints", "critic", "config.yaml", "metrics.jsonl", "samples.jsonl")
+RUN_ARTIFACTS = (
+    "final",
+    "checkpoints",
+    "critic",
+    "config.yaml",
+    "metrics.jsonl",
+    "samples.jsonl",
+    "report.html",
+)
 
 
 class TrainingDiverged(AlignkitError):

@@ -284,6 +284,10 @@ def test_dpo_from_the_command_line(tiny_model_dir, preference_files, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"done: 2 steps; model in {tmp_path / 'run' / 'final'}" in result.stdout
     assert "reference log-probs" in result.stderr
+    # every training command ends with its run's report, its curves from metrics.jsonl
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert f"report: {tmp_path / 'run' / 'report.html'}" in result.stdout
+    assert '"name": "rewards/margins"' in report and '"name": "eval/rewards/margins"' in report
 
 
 def test_dpo_rejects_an_unknown_loss():
@@ -455,6 +459,8 @@ def test_ppo_on_the_sentiment_task_from_the_command_line(tiny_model_dir, tmp_pat
     assert "done: 1 steps" in result.stdout
     samples = (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 2 and '"score"' in samples[0]
+    report = (tmp_path / "ppo" / "report.html").read_text()
+    assert '"name": "objective/scores"' in report and "task: sentiment" in report
 
 
 def test_rl_without_prompts_or_reward_is_a_clear_error(tiny_model_dir, tmp_path):

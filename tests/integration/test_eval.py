@@ -66,7 +66,8 @@ def test_eval_command_writes_every_metric_samples_and_token_maps(
     maps = json.loads((tmp_path / "eval.token_rewards.json").read_text())
     assert len(maps) == 2 and maps[0]["prompt"] == PROMPTS[0]
     assert len(maps[0]["tokens"]) == len(maps[0]["values"]) > 0
-    assert (tmp_path / "eval.token_rewards.html").read_text().startswith("<div")
+    page = (tmp_path / "eval.token_rewards.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('class="token-map"') == 2
     table = capsys.readouterr().out
     assert "eval/lc_win_rate" in table and "judge: " in table
 

@@ -6,8 +6,9 @@ import re
 import pytest
 import torch
 
-from alignkit.evaluate.token_reward import colour, render_html, token_pieces, token_rewards
+from alignkit.evaluate.token_reward import colour, token_pieces, token_rewards
 from alignkit.models.tiny import tiny_model
+from alignkit.report import token_maps_page
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +77,12 @@ def test_html_escapes_text_and_colours_on_a_diverging_scale(tokenizer, models):
     maps = token_rewards(
         policy, reference, tokenizer, ['<b>"quote"</b>'], ["<script>alert(1)</script>"]
     )
-    fragment = render_html(maps)
-    assert "<script" not in fragment and "<b>" not in fragment
-    text = re.sub(r"<[^>]+>", "", fragment)  # what a browser shows, still escaped
+    page = token_maps_page([m.to_json() for m in maps])
+    assert "<script" not in page and "<b>" not in page
+    body = page[page.index("<body>") :]
+    text = re.sub(r"<[^>]+>", "", body)  # what a browser shows, still escaped
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "&lt;b&gt;&quot;quote&quot;&lt;/b&gt;" in text
-    assert fragment.startswith("<div") and fragment.endswith("</div>")
+    assert "&#34;quote&#34;" in text and "&lt;b&gt;" in text
     assert colour(0.0, 2.0) == "rgb(255, 255, 255)"
     assert colour(2.0, 2.0) == "rgb(33, 102, 172)"
     assert colour(-5.0, 2.0) == "rgb(178, 24, 43)"  # saturates beyond the scale
