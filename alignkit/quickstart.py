@@ -45,6 +45,9 @@ class Preset:
     dpo_epochs: float
     dpo_learning_rate: float
     dpo_beta: float = 0.1
+    trainable_layers: int | None = None  # RM, PPO and DPO train only the top N blocks
+    rm_held_out: float = 0.2  # share of the prompts held out to measure the reward model
+    rm_batch_size: int = 8  # rankings per optimizer step
     batch_size: int = 16
     temperature: float = 0.7
     min_score_gap: float = 0.05  # pairs whose oracle scores are closer are ties, skipped
@@ -53,20 +56,21 @@ class Preset:
 
 PRESETS = {
     "full": Preset(
-        train_prompts=160,
+        train_prompts=128,
         samples_per_prompt=4,
         eval_prompts=80,
         max_new_tokens=40,
-        rm_epochs=4,
-        rm_learning_rate=5e-5,
+        rm_epochs=2,
+        rm_learning_rate=1e-4,
         ppo_steps=8,
         ppo_batch_size=16,
-        ppo_learning_rate=3e-5,
+        ppo_learning_rate=5e-5,
         ppo_kl_coef=0.02,
         ppo_critic_learning_rate=1e-4,
         dpo_epochs=2,
-        dpo_learning_rate=3e-5,
+        dpo_learning_rate=5e-5,
         min_score_gap=0.25,
+        trainable_layers=8,
     ),
     "tiny": Preset(
         train_prompts=32,
@@ -173,7 +177,7 @@ class Quickstart:
         model, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         encoder = ChatEncoder(tokenizer)
         eos, pad = encoder.stop_token_ids, pad_token_id(tokenizer)
-        pairs, skipped = [], 0
+        groups, skipped = [], 0  # (prompt, [(score, text), ...] best first)
         per_call = max(1, self.preset.batch_size // k)  # prompts per sampler call
         bar = tqdm(total=len(train), desc="sampling", unit="prompt", dynamic_ncols=True)
         for start in range(0, len(train), per_call):
@@ -182,37 +186,35 @@ class Quickstart:
             rollout = sample(model, ids, self.sampling(self.seed + start), eos_ids=eos, pad_id=pad)
             texts = [t.strip() for t in rollout.texts(tokenizer)]
             for i, prompt in enumerate(chunk):
-                # the oracle stands in for a human who ranks the K samples; the pair is the
-                # best against the worst (the widest margin teaches the most per pair)
+                # the oracle stands in for a human who ranks the K samples
                 ranked = sorted(
                     ((oracle(prompt, t), t) for t in texts[i * k : (i + 1) * k] if t),
-                    key=lambda scored: scored[0],
+                    key=lambda scored: -scored[0],
                 )
-                if len(ranked) < 2 or ranked[-1][0] - ranked[0][0] < self.preset.min_score_gap:
-                    skipped += 1  # a tie teaches nothing
+                if len(ranked) < 2 or ranked[0][0] - ranked[-1][0] < self.preset.min_score_gap:
+                    skipped += 1  # no clear winner: a tie teaches nothing
                     continue
-                (score_b, b), (score_a, a) = ranked[0], ranked[-1]
-                pairs.append(
-                    {
-                        "prompt": prompt,
-                        "chosen": [{"role": "assistant", "content": a}],
-                        "rejected": [{"role": "assistant", "content": b}],
-                        "score_chosen": score_a,
-                        "score_rejected": score_b,
-                    }
-                )
+                groups.append((prompt, ranked))
             bar.update(len(chunk))
         bar.close()
-        random.Random(self.seed).shuffle(pairs)
-        held_out = max(2, len(pairs) // 8)
-        write_jsonl(self.out / "pairs" / "eval.jsonl", pairs[:held_out])
-        write_jsonl(self.out / "pairs" / "train.jsonl", pairs[held_out:])
+        random.Random(self.seed).shuffle(groups)
+        held_out = max(2, round(len(groups) * self.preset.rm_held_out))
+        folder = self.out / "pairs"
+        # the reward model learns from each training prompt's whole ranking (all C(K, 2)
+        # comparisons of K responses, each encoded once) and is measured on the held-out
+        # prompts' best-vs-worst pairs; DPO trains on the training prompts' pairs
+        write_jsonl(folder / "eval.jsonl", [best_vs_worst(*g) for g in groups[:held_out]])
+        write_jsonl(folder / "train.jsonl", [best_vs_worst(*g) for g in groups[held_out:]])
+        min_step = min(0.05, max(0.0, self.preset.min_score_gap))  # tiny: keep every response
         write_jsonl(
-            self.out / "pairs" / "prompts.jsonl", [{"prompt": p} for p in chat_prompts("train")]
+            folder / "rankings.jsonl",
+            [ranking_record(*g, min_step=min_step) for g in groups[held_out:]],
         )
+        write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in chat_prompts("train")])
         print(
-            f"    {len(pairs)} labelled pairs (best vs worst of {k} samples; {skipped} prompts "
-            f"without a clear winner skipped), {held_out} held out for the reward model"
+            f"    {len(groups)} prompts with a clear best of {k} samples ({skipped} without one "
+            f"skipped): rankings and best-vs-worst pairs of {len(groups) - held_out}, pairs "
+            f"of {held_out} held out to measure the reward model"
         )
 
     def _common(self, name: str) -> dict:
@@ -221,6 +223,7 @@ class Quickstart:
             output_dir=str(self.out / name),
             seed=self.seed,
             save_every=None,
+            trainable_layers=self.preset.trainable_layers,
             log_every=max(1, self.preset.ppo_steps // 4),
             # a stage without its .done marker is re-run from the start: its folder may
             # hold what a killed earlier attempt left
@@ -234,10 +237,10 @@ class Quickstart:
         result = run_rm(
             RewardConfig(
                 **self._common("rm"),
-                data=str(self.out / "pairs" / "train.jsonl"),
+                data=str(self.out / "pairs" / "rankings.jsonl"),
                 eval_data=str(self.out / "pairs" / "eval.jsonl"),
                 epochs=self.preset.rm_epochs,
-                batch_size=self.preset.batch_size,
+                batch_size=self.preset.rm_batch_size,
                 learning_rate=self.preset.rm_learning_rate,
                 lr_schedule="cosine",
             )
@@ -299,6 +302,14 @@ class Quickstart:
         start, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         start.eval()
         rows, samples = {}, {}
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(held_out) * len(policies),
+            desc="evaluating",
+            unit="sample",
+            dynamic_ncols=True,
+        )
         for name, path in policies.items():
             policy = start
             if path is not None:
@@ -311,6 +322,7 @@ class Quickstart:
                 self.sampling(self.seed + 10_000),
                 reference=None if path is None else start,
                 batch_size=self.preset.batch_size,
+                progress=bar.update,
             )
             rows[name] = {
                 "oracle_reward": result.reward,
@@ -320,6 +332,7 @@ class Quickstart:
                 "mean_length": result.length,
             }
             samples[name] = result.samples
+        bar.close()
         for name in rows:
             rows[name]["win_rate"] = win_rate_against(samples[name], samples["start"])
         return rows, samples
@@ -369,6 +382,37 @@ class Quickstart:
                 for i in range(len(samples["start"]))
             ],
         )
+
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def best_vs_worst(prompt, ranked: list[tuple[float, str]]) -> dict:
+    """The preference pair of a prompt's best and worst response (oracle scores kept)."""
+    (score_a, a), (score_b, b) = ranked[0], ranked[-1]
+    return {
+        "prompt": prompt,
+        "chosen": assistant(a),
+        "rejected": assistant(b),
+        "score_chosen": score_a,
+        "score_rejected": score_b,
+    }
+
+
+def ranking_record(prompt, ranked: list[tuple[float, str]], min_step: float = 0.05) -> dict:
+    """A ranking record of a prompt's responses, best first; a response scored within
+    `min_step` of the one ranked above it is left out (a near tie is not a preference)."""
+    kept = [ranked[0]]
+    for scored in ranked[1:]:
+        if kept[-1][0] - scored[0] >= min_step:
+            kept.append(scored)
+    return {
+        "prompt": prompt,
+        "responses": [assistant(text) for _, text in kept],
+        "ranking": list(range(len(kept))),
+        "scores": [score for score, _ in kept],
+    }
 
 
 def win_rate_against(mine: list[dict], theirs: list[dict]) -> float:

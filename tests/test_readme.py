@@ -69,3 +69,44 @@ def test_rl_docs_document_every_rl_key():
         }
     )
     assert not missing, f"docs/rl.md does not document: {missing}"
+
+
+def test_the_command_and_key_reference_is_generated_and_current():
+    """docs/reference.md is exactly what the parsers and config dataclasses generate (run
+    `make docs` after changing a command or a key), and it names every key of every
+    training command's config and every command."""
+    import dataclasses
+
+    from alignkit.cli import COMMAND_MODULES
+    from alignkit.cli.reference import render_reference
+    from alignkit.config import (
+        DPOConfig,
+        GRPOConfig,
+        KTOConfig,
+        OnlineDPOConfig,
+        PPOConfig,
+        RewardConfig,
+        RLOOConfig,
+        SFTConfig,
+    )
+
+    generated = render_reference()
+    assert (README.parent / "docs" / "reference.md").read_text() == generated, (
+        "docs/reference.md is stale: run make docs"
+    )
+    for cls in (
+        SFTConfig,
+        DPOConfig,
+        KTOConfig,
+        RewardConfig,
+        PPOConfig,
+        RLOOConfig,
+        GRPOConfig,
+        OnlineDPOConfig,
+    ):
+        section = generated[generated.index(f"(`{cls.__name__}`)") :]
+        section = section[: section.find("\n## ")]
+        listed = set(re.findall(r"^\| `([a-z_0-9.]+)` \|", section, re.M))
+        assert {f.name for f in dataclasses.fields(cls)} <= listed, cls.__name__
+    assert len(re.findall(r"^## alignkit ", generated, re.M)) == len(COMMAND_MODULES) + 2  # rl: 3
+    assert "docs/reference.md" in README.read_text()

@@ -49,10 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="more output: libraries' own progress bars and warnings, every stage's log lines",
+    )
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(subparsers)
     return parser
+
+
+def quiet_libraries() -> None:
+    """No per-load "Loading weights" / "Writing model shards" bars and no FutureWarnings
+    from the libraries underneath: alignkit shows one bar per long stage of its own."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module=r"(transformers|torch|peft|huggingface_hub)\b"
+    )
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        quiet_libraries()
     try:
         from alignkit.ops import threads
 

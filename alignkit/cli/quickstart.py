@@ -28,7 +28,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import logging
+
     from alignkit.quickstart import Quickstart
+
+    if not args.verbose:
+        # a line per stage and one bar per long stage; the stages' own log lines with -v
+        logging.getLogger("alignkit").setLevel(logging.WARNING)
 
     output_dir = args.output_dir or (
         "runs/quickstart" if args.preset == "full" else "runs/quickstart-tiny"

@@ -30,10 +30,11 @@ def add_training_command(subparsers, name: str, config_class, help_text: str, ru
     )
 
     def run_command(args) -> int:
-        from alignkit.config import load_config
+        from alignkit.config import check_input_paths, load_config
 
         module, function = runner.split(":")
         config = load_config(config_class, args.config, args.overrides)
+        check_input_paths(config)  # before minutes go into loading models
         train = getattr(importlib.import_module(module), function)
         try:
             result = train(config)
@@ -46,7 +47,7 @@ def add_training_command(subparsers, name: str, config_class, help_text: str, ru
             print(f"report: {report}")
         return 0
 
-    parser.set_defaults(run=run_command)
+    parser.set_defaults(run=run_command, config_class=config_class)
 
 
 def interrupted_message(command: str, args, output_dir: Path) -> str:

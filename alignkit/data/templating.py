@@ -86,6 +86,7 @@ class TruncationReport:
     completion_truncated: int = 0
     dropped: int = 0
     dropped_examples: list[Any] = field(default_factory=list)
+    longest_dropped: int = 0  # tokens of the longest dropped record, before truncation
 
     def summary(self) -> str:
         return (
@@ -147,12 +148,13 @@ class ChatEncoder:
             ids, labels = self.encode_conversation(record["messages"], first_trainable=0)
             if not self.keep_trailing_context:
                 ids, labels = _trim_trailing_context(ids, labels)
+            full_length = len(ids)
             truncated = self.max_length is not None and len(ids) > self.max_length
             if truncated:
                 ids, labels = ids[: self.max_length], labels[: self.max_length]
             encoded = EncodedSequence(ids, labels)
             if encoded.num_targets() == 0:
-                return self._drop(record)
+                return self._drop(record, full_length)
             self._count(False, truncated)
             return encoded
         completion = self._fit(
@@ -261,6 +263,7 @@ class ChatEncoder:
     ) -> list[EncodedCompletion] | None:
         """Apply the length limits to completions that share one prompt."""
         prompt_ids = completions[0].prompt_ids
+        full_length = len(prompt_ids) + max(len(c.completion_ids) for c in completions)
         prompt_truncated = (
             self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length
         )
@@ -268,14 +271,14 @@ class ChatEncoder:
             prompt_ids = prompt_ids[-self.max_prompt_length :]
         room = None if self.max_length is None else self.max_length - len(prompt_ids)
         if room is not None and room <= 0:
-            return self._drop(record)
+            return self._drop(record, full_length)
         fitted, completion_truncated = [], False
         for c in completions:
             ids, labels = c.completion_ids, c.completion_labels
             if room is not None and len(ids) > room:
                 ids, labels, completion_truncated = ids[:room], labels[:room], True
             if all(label == IGNORE_INDEX for label in labels):
-                return self._drop(record)
+                return self._drop(record, full_length)
             fitted.append(EncodedCompletion(list(prompt_ids), ids, labels))
         self._count(prompt_truncated, completion_truncated)
         return fitted
@@ -285,8 +288,9 @@ class ChatEncoder:
         self.report.prompt_truncated += int(prompt_truncated)
         self.report.completion_truncated += int(completion_truncated)
 
-    def _drop(self, record: Any) -> None:
+    def _drop(self, record: Any, length: int) -> None:
         self.report.dropped += 1
+        self.report.longest_dropped = max(self.report.longest_dropped, length)
         if len(self.report.dropped_examples) < 5:
             self.report.dropped_examples.append(record)
         return None

@@ -12,10 +12,11 @@ import torch
 from alignkit.data.collators import PackingCollator, PaddingCollator
 from alignkit.data.loading import load_records
 from alignkit.data.records import Kind
-from alignkit.data.templating import pad_token_id
+from alignkit.data.templating import ChatEncoder, pad_token_id
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import load_model, load_tokenizer
 from alignkit.models.lora import apply_lora
+from alignkit.models.partial import train_top_layers
 from alignkit.train.run import check_output_dir
 
 log = logging.getLogger("alignkit")
@@ -49,6 +50,7 @@ def load_trainable_model(config):
     """The policy in float32 (bf16 comes from autocast), with LoRA adapters if asked."""
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, device="cpu", dtype="float32")
+    train_top_layers(model, config.trainable_layers)
     if config.lora is not None:
         model = apply_lora(model, config.lora)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -59,8 +61,11 @@ def load_trainable_model(config):
     return model, tokenizer
 
 
-def load_encoded(path: str, kind, encode, config, *, rejects_name: str) -> list:
-    """Load, validate and encode one data file; report what truncation dropped."""
+def load_encoded(
+    path: str, kind, encode, config, *, rejects_name: str, encoder: ChatEncoder | None = None
+) -> list:
+    """Load, validate and encode one data file; warn about what truncation dropped (the
+    count, and with `encoder` the longest dropped record's length)."""
     records = load_records(
         path,
         kind,
@@ -71,13 +76,27 @@ def load_encoded(path: str, kind, encode, config, *, rejects_name: str) -> list:
     examples = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(examples)
     log.info(
-        "%s: %d %s records, %d examples%s",
+        "%s: %d %s records, %d examples",
         path,
         len(records),
         "/".join(Kind(k).value for k in kind) if isinstance(kind, tuple) else Kind(kind).value,
         len(examples),
-        f" ({dropped} dropped: no room for a target within max_length)" if dropped else "",
     )
+    if dropped:
+        longest = (
+            f"; the longest is {encoder.report.longest_dropped} tokens"
+            if encoder is not None and encoder.report.longest_dropped
+            else ""
+        )
+        log.warning(
+            "%s: %d of %d records dropped: no room for a target token within max_length=%s%s. "
+            "Raise max_length (or max_prompt_length lower) to keep them",
+            path,
+            dropped,
+            len(encoded),
+            getattr(config, "max_length", None),
+            longest,
+        )
     if not examples:
         raise AlignkitError(f"{path}: every record was dropped by truncation; raise max_length")
     return examples

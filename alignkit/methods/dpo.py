@@ -127,6 +127,7 @@ def run_dpo(config: DPOConfig) -> TrainResult:
         encode_pairs(encoder, config, 0),
         config,
         rejects_name="rejects.jsonl",
+        encoder=encoder,
     )
     eval_pairs = None
     if config.eval_data:
@@ -136,6 +137,7 @@ def run_dpo(config: DPOConfig) -> TrainResult:
             encode_pairs(encoder, config, len(pairs)),
             config,
             rejects_name="eval_rejects.jsonl",
+            encoder=encoder,
         )
     forward_module = CausalLMLogps(model)
     share_prompt = config.packing and config.share_prompt

@@ -87,7 +87,12 @@ class PPO:
             return encoded.features() if encoded is not None else None
 
         return load_encoded(
-            self.config.ptx_data, "sft", encode, self.config, rejects_name="ptx_rejects.jsonl"
+            self.config.ptx_data,
+            "sft",
+            encode,
+            self.config,
+            rejects_name="ptx_rejects.jsonl",
+            encoder=encoder,
         )
 
 

@@ -33,6 +33,7 @@ from alignkit.losses.reward import bradley_terry_loss, ranking_pairs
 from alignkit.methods.common import build_collator, load_encoded, seed_everything
 from alignkit.models.loading import load_tokenizer
 from alignkit.models.lora import apply_lora
+from alignkit.models.partial import train_top_layers
 from alignkit.models.reward import (
     OFFSET_KEY,
     RewardScores,
@@ -259,6 +260,7 @@ def run_rm(config: RewardConfig) -> TrainResult:
         keep_trailing_context=True,
     )
     pad_id = _configure_pad(model, tokenizer, encoder)
+    train_top_layers(model, config.trainable_layers)
     if config.lora is not None:
         model = apply_lora(model, config.lora, task_type="SEQ_CLS")
 
@@ -269,6 +271,7 @@ def run_rm(config: RewardConfig) -> TrainResult:
             encode_comparisons(encoder, offset),
             config,
             rejects_name=rejects_name,
+            encoder=encoder,
         )
 
     groups = load(config.data, 0, "rejects.jsonl")

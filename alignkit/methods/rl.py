@@ -53,6 +53,7 @@ from alignkit.errors import AlignkitError
 from alignkit.losses.ppo import AdaptiveKLController, FixedKLController, kl_estimate
 from alignkit.methods.common import load_trainable_model, seed_everything
 from alignkit.models.device import select_device
+from alignkit.models.partial import train_top_layers
 from alignkit.ops.logprobs import CausalLMLogps, batch_token_logps
 from alignkit.rollout.batch import completion_logps, completion_rows, completion_values
 from alignkit.rollout.evaluation import evaluate_policy
@@ -449,12 +450,13 @@ def load_critic(config: RLConfig):
         if not reward_is_model:
             raise ConfigError("critic=reward needs reward= to be a reward-model folder")
         log.info("critic: initialised from the reward model %s", spec)
-        return load_reward_model(spec, num_heads=1, device="cpu")
+        critic = load_reward_model(spec, num_heads=1, device="cpu")
+        return train_top_layers(critic, config.trainable_layers)
     log.info("critic: initialised from the policy %s with a fresh value head", config.model)
     critic = load_reward_model(config.model, num_heads=1, seed=config.seed, device="cpu")
     with torch.no_grad():  # start from V = 0 rather than a random unit-scale value
         score_head(critic).weight.zero_()
-    return critic
+    return train_top_layers(critic, config.trainable_layers)
 
 
 def load_reference(config: RLConfig, device):

@@ -36,9 +36,18 @@ def run_sft(config: SFTConfig) -> TrainResult:
         encoded = encoder.encode_sft(record)
         return encoded.features() if encoded is not None else None
 
-    examples = load_encoded(config.data, "sft", encode, config, rejects_name="rejects.jsonl")
+    examples = load_encoded(
+        config.data, "sft", encode, config, rejects_name="rejects.jsonl", encoder=encoder
+    )
     eval_examples = (
-        load_encoded(config.eval_data, "sft", encode, config, rejects_name="eval_rejects.jsonl")
+        load_encoded(
+            config.eval_data,
+            "sft",
+            encode,
+            config,
+            rejects_name="eval_rejects.jsonl",
+            encoder=encoder,
+        )
         if config.eval_data
         else None
     )

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from alignkit.errors import ModelNotFoundError
+from alignkit.errors import AlignkitError, ModelNotFoundError
 from alignkit.models.builtin import (
     BUILTIN_MODELS,
     builtin_gguf_path,
@@ -157,8 +157,10 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    model_class = model_class or AutoModelForCausalLM
     path = resolve_model_path(spec)
+    if model_class is None:
+        refuse_reward_model(spec, path)
+    model_class = model_class or AutoModelForCausalLM
     target_device = select_device(device)
     torch_dtype = select_dtype(dtype, target_device)
     adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
@@ -171,6 +173,25 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, path)
     return model.to(target_device)
+
+
+def refuse_reward_model(spec, path: Path) -> None:
+    """A reward model (full folder or PEFT adapter) given where a causal LM is needed is
+    an error: loading it as one would silently generate with the bare backbone."""
+    from alignkit.models.reward import is_reward_model_folder
+
+    adapter_config = path / "adapter_config.json"
+    adapter_task = (
+        json.loads(adapter_config.read_text()).get("task_type")
+        if adapter_config.is_file()
+        else None
+    )
+    if is_reward_model_folder(path) or adapter_task == "SEQ_CLS":
+        raise AlignkitError(
+            f"{spec} is a reward model: it scores text and cannot generate. Give a policy "
+            "(a causal LM such as runs/dpo/final or smollm2-135m-instruct); to use this one, "
+            f"score with `alignkit score --model {spec}` or pass reward={spec} to ppo/rloo/grpo"
+        )
 
 
 def load_model_and_tokenizer(spec: str | Path, **kwargs):

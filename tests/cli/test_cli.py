@@ -332,6 +332,10 @@ def test_rm_and_score_from_the_command_line(tiny_model_dir, reward_task_files, t
     )
     assert result.returncode == 0, result.stderr
     assert "scored 3 records" in result.stdout
+    # a reward model where a policy is needed is refused, never chatted with as a bare backbone
+    refused = alignkit("chat", "--model", str(tmp_path / "run" / "final"), "--prompt", "hi")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{tmp_path / 'run' / 'final'} is a reward model" in refused.stderr
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["completion"] for r in scored] == ["good", "bad day", "great"]
     # Worked out independently with plain transformers: a plain-text record is the prompt's

@@ -324,3 +324,60 @@ def test_tensorboard_logger_writes_the_logged_scalars(tiny_model_dir, words_file
     assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(events.Tags()["scalars"])
     logged = [m["loss"] for m in read_metrics(tmp_path / "run")]
     assert [e.value for e in events.Scalars("loss")] == pytest.approx(logged, rel=1e-5)
+
+
+def test_trainable_layers_freezes_the_bottom_and_trains_the_top_as_full_fine_tuning_does(
+    tiny_model_dir, words_file, tmp_path
+):
+    """trainable_layers=1 on the 2-block tiny model: the embeddings (tied to the output
+    projection) and block 0 keep their starting weights exactly; block 1 and the final norm
+    take the step full fine-tuning takes (their gradients do not depend on whether the
+    layers below are trained; AdamW's first step is elementwise in the gradient)."""
+    start = {k: v.clone() for k, v in load_model(str(tiny_model_dir)).state_dict().items()}
+    common = dict(max_steps=1, batch_size=8, lr_schedule="constant", max_grad_norm="null")
+    run_sft(sft_config(tiny_model_dir, words_file, tmp_path / "full", **common))
+    run_sft(sft_config(tiny_model_dir, words_file, tmp_path / "top", trainable_layers=1, **common))
+    full, top = final_weights(tmp_path / "full"), final_weights(tmp_path / "top")
+    frozen = [k for k in top if k.startswith(("model.embed_tokens", "model.layers.0."))]
+    trained = [k for k in top if k.startswith(("model.layers.1.", "model.norm"))]
+    assert frozen and trained and set(frozen) | set(trained) == set(top)
+    for key in frozen:
+        assert torch.equal(top[key], start[key]), key
+        assert not torch.equal(full[key], start[key]), key  # full fine-tuning moves them
+    for key in trained:
+        assert_close(top[key], full[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_trainable_layers_is_checked(tiny_model_dir, words_file, tmp_path):
+    with pytest.raises(Exception, match="set lora or trainable_layers, not both"):
+        sft_config(tiny_model_dir, words_file, tmp_path, trainable_layers=1, **{"lora.r": 4})
+    with pytest.raises(Exception, match="between 1 and 2"):
+        run_sft(sft_config(tiny_model_dir, words_file, tmp_path / "run", trainable_layers=3))
+
+
+def test_records_dropped_by_truncation_are_a_warning_with_count_and_longest(
+    tiny_model_dir, words_file, tmp_path, caplog
+):
+    """A record whose prompt alone fills max_length leaves no target: it is dropped with
+    a WARNING that says how many and how long the longest was (tokens, as encoded)."""
+    import json
+    import logging
+
+    from alignkit.data.templating import ChatEncoder
+    from alignkit.models import load_tokenizer
+
+    long_question = {
+        "messages": [
+            {"role": "user", "content": "why " * 60},
+            {"role": "assistant", "content": "because"},
+        ]
+    }
+    data = tmp_path / "data.jsonl"
+    data.write_text(words_file.read_text() + json.dumps(long_question) + "\n")
+    unlimited = ChatEncoder(load_tokenizer(str(tiny_model_dir)))  # as SFT encodes, no cap
+    longest = len(unlimited.encode_sft(long_question).input_ids)
+    with caplog.at_level(logging.WARNING, logger="alignkit"):
+        run_sft(sft_config(tiny_model_dir, data, tmp_path / "run", max_steps=1, max_length=40))
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{data}: 1 of 17 records dropped" in warning.getMessage()
+    assert f"max_length=40; the longest is {longest} tokens" in warning.getMessage()
