@@ -45,6 +45,8 @@ class Preset:
     dpo_epochs: float
     dpo_learning_rate: float
     dpo_beta: float = 0.1
+    ppo_critic: str = "policy"  # value model from the policy with a fresh head at V = 0
+    ppo_epochs: int = 2  # passes over each rollout batch
     trainable_layers: int | None = None  # RM, PPO and DPO train only the top N blocks
     rm_held_out: float = 0.2  # share of the prompts held out to measure the reward model
     rm_batch_size: int = 8  # rankings per optimizer step
@@ -62,9 +64,10 @@ PRESETS = {
         max_new_tokens=40,
         rm_epochs=2,
         rm_learning_rate=1e-4,
-        ppo_steps=8,
+        ppo_steps=16,
         ppo_batch_size=16,
-        ppo_learning_rate=5e-5,
+        ppo_epochs=1,
+        ppo_learning_rate=1e-4,
         ppo_kl_coef=0.02,
         ppo_critic_learning_rate=1e-4,
         dpo_epochs=2,
@@ -249,7 +252,7 @@ class Quickstart:
             f"    held-out reward-model accuracy {result.last_metrics.get('eval/accuracy', float('nan')):.3f}"
         )
 
-    def train_ppo(self, name: str = "ppo", reward: str | None = None, critic: str = "auto") -> None:
+    def train_ppo(self, name: str = "ppo", reward: str | None = None) -> None:
         """PPO from the starting policy; by default against the stage-3 reward model."""
         from alignkit.config import PPOConfig
         from alignkit.methods.ppo import run_ppo
@@ -259,7 +262,7 @@ class Quickstart:
                 **self._common(name),
                 data=str(self.out / "pairs" / "prompts.jsonl"),
                 reward=reward or str(self.out / "rm" / "final"),
-                critic=critic,
+                critic=self.preset.ppo_critic,
                 max_steps=self.preset.ppo_steps,
                 batch_size=self.preset.ppo_batch_size,
                 learning_rate=self.preset.ppo_learning_rate,
@@ -267,7 +270,7 @@ class Quickstart:
                 micro_batch_size=8,
                 max_new_tokens=self.preset.max_new_tokens,
                 temperature=self.preset.temperature,
-                ppo_epochs=2,
+                ppo_epochs=self.preset.ppo_epochs,
                 kl_coef=self.preset.ppo_kl_coef,
                 sample_every=max(1, self.preset.ppo_steps // 3),
             )

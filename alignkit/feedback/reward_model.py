@@ -30,14 +30,8 @@ from alignkit.feedback.epistemic import risk_averse
 from alignkit.feedback.judge import ScoringJudge, Text
 from alignkit.fsutil import atomic_jsonl
 from alignkit.models.device import select_device
-from alignkit.models.loading import load_tokenizer, resolve_model_path
-from alignkit.models.reward import (
-    OFFSET_KEY,
-    RewardScores,
-    is_reward_model_folder,
-    load_reward_model,
-    score_sequences,
-)
+from alignkit.models.loading import is_reward_model_folder, load_tokenizer, resolve_model_path
+from alignkit.models.reward import OFFSET_KEY, RewardScores, load_reward_model, score_sequences
 
 log = logging.getLogger("alignkit")
 

@@ -429,8 +429,7 @@ def load_reward_source(config: RLConfig):
 
 
 def _is_reward_model(spec: str) -> bool:
-    from alignkit.models.loading import resolve_model_path
-    from alignkit.models.reward import is_reward_model_folder
+    from alignkit.models.loading import is_reward_model_folder, resolve_model_path
 
     return not spec.startswith("task:") and (
         Path(spec).exists() and is_reward_model_folder(resolve_model_path(spec))

@@ -175,11 +175,18 @@ def load_model(
     return model.to(target_device)
 
 
+def is_reward_model_folder(path: Path) -> bool:
+    """True if `path` holds a `*ForSequenceClassification` model (ours or anyone's)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return False
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
 def refuse_reward_model(spec, path: Path) -> None:
     """A reward model (full folder or PEFT adapter) given where a causal LM is needed is
     an error: loading it as one would silently generate with the bare backbone."""
-    from alignkit.models.reward import is_reward_model_folder
-
     adapter_config = path / "adapter_config.json"
     adapter_task = (
         json.loads(adapter_config.read_text()).get("task_type")

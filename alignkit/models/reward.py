@@ -18,7 +18,6 @@ Two details keep the two readings identical:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -33,15 +32,6 @@ from alignkit.ops.modules import unwrap
 log = logging.getLogger("alignkit")
 
 OFFSET_KEY = "reward_offset"
-
-
-def is_reward_model_folder(path: Path) -> bool:
-    """True if `path` holds a `*ForSequenceClassification` model (ours or anyone's)."""
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        return False
-    architectures = json.loads(config_file.read_text()).get("architectures") or []
-    return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
 def load_reward_model(
@@ -60,7 +50,7 @@ def load_reward_model(
     """
     from transformers import AutoModelForSequenceClassification
 
-    from alignkit.models.loading import load_model, resolve_model_path
+    from alignkit.models.loading import is_reward_model_folder, load_model, resolve_model_path
 
     path = resolve_model_path(spec)
     if is_reward_model_folder(path):

@@ -49,7 +49,8 @@ _CAP_RANGE = (256, 16384)
 def token_cap(setting, model) -> int | None:
     """The tokens per forward pass for `micro_batch_tokens` = `setting` (a number, None
     for no cap, or "auto": activations near half the weights + gradients + AdamW state,
-    4 bytes per weight and 12 more per trained one, in multiples of 256)."""
+    4 bytes per weight and 12 more per trained one, in multiples of 256). Only blocks
+    with trained weights keep activations for backward (`trainable_layers`)."""
     if setting != "auto":
         return setting
     config = getattr(model, "config", None)
@@ -57,6 +58,7 @@ def token_cap(setting, model) -> int | None:
     if None in sizes:
         return None  # not a transformers decoder: no estimate, no cap
     layers, hidden, vocab = sizes
+    layers = _trained_blocks(model, layers)
     intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
     per_token = 4 * (
         layers * (_HIDDEN_FLOATS * hidden + _INTERMEDIATE_FLOATS * intermediate) + vocab
@@ -66,6 +68,14 @@ def token_cap(setting, model) -> int | None:
     budget = (4 * weights + 12 * trained) / 2
     low, high = _CAP_RANGE
     return int(min(high, max(low, budget / per_token)) // 256 * 256)
+
+
+def _trained_blocks(model, layers: int) -> int:
+    """How many of the `layers` transformer blocks have a weight that is trained."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
+            return sum(any(p.requires_grad for p in block.parameters()) for block in module)
+    return layers
 
 
 class MemoryPlan:

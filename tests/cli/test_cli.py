@@ -284,6 +284,8 @@ def test_dpo_from_the_command_line(tiny_model_dir, preference_files, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"done: 2 steps; model in {tmp_path / 'run' / 'final'}" in result.stdout
     assert "reference log-probs" in result.stderr
+    # quiet: no per-load bars from the libraries underneath
+    assert "Loading weights" not in result.stderr and "Writing model shards" not in result.stderr
     # every training command ends with its run's report, its curves from metrics.jsonl
     report = (tmp_path / "run" / "report.html").read_text()
     assert f"report: {tmp_path / 'run' / 'report.html'}" in result.stdout
@@ -471,3 +473,45 @@ def test_rl_without_prompts_or_reward_is_a_clear_error(tiny_model_dir, tmp_path)
     result = alignkit("grpo", f"model={tiny_model_dir}", f"output_dir={tmp_path}")
     assert result.returncode == 2
     assert "give prompts with data=FILE or a built-in task with task=sentiment" in result.stderr
+
+
+def test_missing_input_files_are_reported_before_any_model_loads(tmp_path):
+    """The model does not exist either: had it been loaded first, the error would be
+    about the model."""
+    result = alignkit(
+        "dpo",
+        f"model={tmp_path / 'no-model'}",
+        f"data={tmp_path / 'no-data.jsonl'}",
+        f"eval_data={tmp_path / 'no-eval.jsonl'}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: data={tmp_path / 'no-data.jsonl'}: no such file or folder; "
+        f"eval_data={tmp_path / 'no-eval.jsonl'}: no such file or folder"
+    )
+    result = alignkit("ppo", "task=sentiment", f"reward={tmp_path / 'no-rm'}")
+    assert result.stderr.strip() == f"error: reward={tmp_path / 'no-rm'}: no such file or folder"
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_continues(
+    tmp_path, write_jsonl, monkeypatch, capsys
+):
+    import alignkit.methods.dpo as dpo
+
+    data = write_jsonl([PAIR])
+    run_dir = tmp_path / "run"
+
+    def interrupted_after_two_checkpoints(config):
+        for step in (2, 4):
+            (run_dir / "checkpoints" / f"step-{step}").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo, "run_dpo", interrupted_after_two_checkpoints)
+    code = main(["dpo", f"data={data}", f"output_dir={run_dir}", "beta=0.2", "resume=null"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; the last checkpoint is {run_dir / 'checkpoints' / 'step-4'}" in err
+    assert (
+        f"continue from it with: alignkit dpo data={data} output_dir={run_dir} beta=0.2 resume=auto"
+        in err
+    )

@@ -301,3 +301,16 @@ def test_token_cap_auto_keeps_activations_near_half_the_training_state():
     assert token_cap(300, _Sized(10, trained=True)) == 300
     assert token_cap(None, _Sized(10, trained=True)) is None
     assert token_cap("auto", torch.nn.Linear(2, 2)) is None  # no decoder config: no cap
+
+
+def test_token_cap_counts_only_blocks_that_are_trained():
+    """With the lower block frozen (trainable_layers=1) its activations are not kept for
+    backward: per token 4 x (1 x (6 x 64 + 2 x 128) + 1000) = 6560 bytes, so 8e6 bytes of
+    budget hold 1219 tokens -> 1024, where both blocks trained give 768 (above)."""
+    from alignkit.train.memory import token_cap
+
+    model = _Sized(1_000_000, trained=True)
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(1, 1, bias=False) for _ in range(2)])
+    assert token_cap("auto", model) == 768
+    model.layers[0].weight.requires_grad_(False)
+    assert token_cap("auto", model) == 1024
