@@ -13,7 +13,7 @@ the oracle, DPO on each, and the policies compared on held-out prompts.
    response were never judged), so both DPO runs see exactly the same pairs, and 10% are
    held out (oracle-labelled) as DPO eval data. The judge's agreement with the oracle and
    its calibration (expected calibration error and reliability table,
-   `alignkit.evaluate.calibration`) are measured on all kept pairs.
+   `alignkit.ops.calibration`) are measured on all kept pairs.
 3. DPO with the quickstart's settings (2 epochs, learning rate 2e-5, beta 0.1, batch 16)
    on the AI labels (p_chosen as soft labels), on the oracle labels (hard), and, to tell
    the judge's ranking from the softness of its labels, on the AI labels made hard.
@@ -39,12 +39,12 @@ from pathlib import Path
 
 import torch
 
-from alignkit.evaluate.calibration import expected_calibration_error, reliability_table
 from alignkit.feedback.generators import LocalGenerator
 from alignkit.feedback.label_store import STORE_NAME
 from alignkit.feedback.rlaif import RLAIFSettings, label_preferences
 from alignkit.models.builtin import DEFAULT_MODEL
 from alignkit.models.loading import load_model_and_tokenizer
+from alignkit.ops.calibration import expected_calibration_error, reliability_table
 from alignkit.quickstart import PRESETS, Quickstart, format_summary, write_jsonl
 from alignkit.tasks.sentiment import oracle, prompts
 

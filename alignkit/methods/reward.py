@@ -28,7 +28,6 @@ from alignkit.config import RewardConfig
 from alignkit.data.records import Kind
 from alignkit.data.templating import ChatEncoder
 from alignkit.errors import AlignkitError
-from alignkit.evaluate.calibration import expected_calibration_error
 from alignkit.losses.reward import bradley_terry_loss, ranking_pairs
 from alignkit.methods.common import build_collator, load_encoded, seed_everything
 from alignkit.models.loading import load_tokenizer
@@ -42,6 +41,7 @@ from alignkit.models.reward import (
     score_positions,
     score_sequences,
 )
+from alignkit.ops.calibration import expected_calibration_error
 from alignkit.train.loop import train
 from alignkit.train.run import TrainResult, check_output_dir, save_final
 

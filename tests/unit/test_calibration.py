@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from alignkit.evaluate.calibration import expected_calibration_error, reliability_table
+from alignkit.ops.calibration import expected_calibration_error, reliability_table
 
 
 def test_ece_worked_example():
