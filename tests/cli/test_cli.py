@@ -28,7 +28,7 @@ def test_help_lists_command_groups_and_version():
     for group in (
         "models", "chat", "data", "sft", "dpo", "kto", "rm", "score", "generate", "ppo", "rloo",
         "grpo", "quickstart", "serve", "label", "cai", "eval", "probe", "redteam", "debate",
-        "verify", "online-dpo",
+        "verify", "online-dpo", "report",
     ):  # fmt: skip
         assert f"    {group}" in result.stdout
     from alignkit import __version__
@@ -166,6 +166,7 @@ COMMANDS_BY_MODULE = {
     "alignkit.cli.redteam": ["redteam"],
     "alignkit.cli.debate": ["debate"],
     "alignkit.cli.verify": ["verify"],
+    "alignkit.cli.report": ["report"],
 }
 
 
