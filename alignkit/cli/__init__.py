@@ -63,17 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """No per-load "Loading weights" / "Writing model shards" bars and no FutureWarnings
-    from the libraries underneath: alignkit shows one bar per long stage of its own."""
+    from the libraries underneath: alignkit shows one bar per long stage of its own.
+    Through the environment, so that commands that never load a model never import
+    transformers (seconds of start-up) just to silence it."""
+    import os
     import warnings
 
     warnings.filterwarnings(
         "ignore", category=FutureWarning, module=r"(transformers|torch|peft|huggingface_hub)\b"
     )
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    disable_progress_bars()
+    # read by huggingface_hub, whose setting transformers' own bars follow when imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -302,7 +302,7 @@ def test_dpo_rejects_an_unknown_loss():
     )
 
 
-def test_rm_and_score_from_the_command_line(tiny_model_dir, reward_task_files, tmp_path):
+def test_rm_and_score_from_the_command_line(tiny_model_dir, reward_task_files, tmp_path, capsys):
     train, held_out = reward_task_files
     result = alignkit(
         "rm",
@@ -336,9 +336,8 @@ def test_rm_and_score_from_the_command_line(tiny_model_dir, reward_task_files, t
     assert result.returncode == 0, result.stderr
     assert "scored 3 records" in result.stdout
     # a reward model where a policy is needed is refused, never chatted with as a bare backbone
-    refused = alignkit("chat", "--model", str(tmp_path / "run" / "final"), "--prompt", "hi")
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"{tmp_path / 'run' / 'final'} is a reward model" in refused.stderr
+    assert main(["chat", "--model", str(tmp_path / "run" / "final"), "--prompt", "hi"]) == 2
+    assert f"{tmp_path / 'run' / 'final'} is a reward model" in capsys.readouterr().err
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["completion"] for r in scored] == ["good", "bad day", "great"]
     # Worked out independently with plain transformers: a plain-text record is the prompt's
@@ -476,22 +475,25 @@ def test_rl_without_prompts_or_reward_is_a_clear_error(tiny_model_dir, tmp_path)
     assert "give prompts with data=FILE or a built-in task with task=sentiment" in result.stderr
 
 
-def test_missing_input_files_are_reported_before_any_model_loads(tmp_path):
+def test_missing_input_files_are_reported_before_any_model_loads(tmp_path, capsys):
     """The model does not exist either: had it been loaded first, the error would be
     about the model."""
-    result = alignkit(
-        "dpo",
-        f"model={tmp_path / 'no-model'}",
-        f"data={tmp_path / 'no-data.jsonl'}",
-        f"eval_data={tmp_path / 'no-eval.jsonl'}",
+    code = main(
+        [
+            "dpo",
+            f"model={tmp_path / 'no-model'}",
+            f"data={tmp_path / 'no-data.jsonl'}",
+            f"eval_data={tmp_path / 'no-eval.jsonl'}",
+        ]
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
         f"error: data={tmp_path / 'no-data.jsonl'}: no such file or folder; "
         f"eval_data={tmp_path / 'no-eval.jsonl'}: no such file or folder"
     )
-    result = alignkit("ppo", "task=sentiment", f"reward={tmp_path / 'no-rm'}")
-    assert result.stderr.strip() == f"error: reward={tmp_path / 'no-rm'}: no such file or folder"
+    assert main(["ppo", "task=sentiment", f"reward={tmp_path / 'no-rm'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: reward={tmp_path / 'no-rm'}: no such file or folder"
 
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_continues(
