@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,19 +122,8 @@ class Quickstart:
     # ---- driving --------------------------------------------------------------------
 
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        for number, (title, name, stage) in enumerate(self.stages, 1):
-            marker = self.out / f"{name}.done"
-            prefix = f"[{number}/{len(self.stages)}] {title}"
-            if marker.is_file():
-                print(f"{prefix}: done already, skipped ({self.out / name})", flush=True)
-                continue
-            print(f"{prefix} ...", flush=True)
-            stage_start = time.perf_counter()
-            stage()
-            marker.write_text(json.dumps({"seconds": time.perf_counter() - stage_start}))
-            print(f"{prefix}: finished in {time.perf_counter() - stage_start:.0f} s", flush=True)
+        run_stages(self.out, self.stages)
         summary = json.loads((self.out / "summary.json").read_text())
         report = write_report([self.out], self.out / "report.html", title="alignkit quickstart")
         print(format_summary(summary))
@@ -292,15 +282,17 @@ class Quickstart:
             )
         )
 
-    def evaluate_policies(self, policies: dict) -> tuple[dict, dict]:
-        """Each policy (name -> model folder, None for the start) on the held-out prompts:
-        (rows of oracle reward / KL to start / length, samples)."""
+    def evaluate_policies(self, policies: dict, held_out: list | None = None) -> tuple[dict, dict]:
+        """Each policy (name -> model folder, None for the start) on the held-out prompts
+        (default: the task's first `eval_prompts` chat prompts): (rows of oracle reward,
+        KL to start, length and win rate against "start", samples)."""
         from alignkit.feedback.function import load_judge
         from alignkit.models.loading import load_model_and_tokenizer
         from alignkit.rollout.evaluation import evaluate_policy
         from alignkit.tasks.sentiment import chat_prompts
 
-        held_out = chat_prompts("test")[: self.preset.eval_prompts]
+        if held_out is None:
+            held_out = chat_prompts("test")[: self.preset.eval_prompts]
         judge = load_judge("task:sentiment")
         start, tokenizer = load_model_and_tokenizer(self.model, device="auto", dtype="float32")
         start.eval()
@@ -385,6 +377,28 @@ class Quickstart:
                 for i in range(len(samples["start"]))
             ],
         )
+
+
+def run_stages(out: Path, stages: list[tuple[str, str, Callable[[], None]]]) -> dict:
+    """Run each (title, name, function) stage in order, a line per stage; a stage whose
+    `out/NAME.done` marker exists is skipped. Returns name -> seconds the stage took
+    (when it ran, read back from its marker)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for number, (title, name, stage) in enumerate(stages, 1):
+        marker = out / f"{name}.done"
+        prefix = f"[{number}/{len(stages)}] {title}"
+        if marker.is_file():
+            print(f"{prefix}: done already, skipped ({out / name})", flush=True)
+            continue
+        print(f"{prefix} ...", flush=True)
+        stage_start = time.perf_counter()
+        stage()
+        seconds = time.perf_counter() - stage_start
+        marker.write_text(json.dumps({"seconds": seconds}))
+        print(f"{prefix}: finished in {seconds:.0f} s", flush=True)
+    return {
+        name: json.loads((out / f"{name}.done").read_text())["seconds"] for _, name, _ in stages
+    }
 
 
 def assistant(text: str) -> list[dict]:
