@@ -326,6 +326,12 @@ class RewardConfig(TokenCapSettings, TrainConfig):
     )
     norm_samples: int = setting(1000, "use at most this many records of norm_data")
     packing: bool = setting(True, "pack each micro-batch into one padding-free row")
+    pooling: str = setting(
+        "last",
+        "what the head reads: last (the last token's state; transformers reads it the same "
+        "way) or mean (the mean of the response tokens' states; alignkit's scorers only)",
+        choices=("last", "mean"),
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -51,7 +51,9 @@ class RewardModelJudge(ScoringJudge):
     Rewards are read where transformers reads them: at the last token that is not
     `config.pad_token_id` (trailing pad ids are dropped before scoring, which under
     causal attention changes nothing else). For alignkit's folders that is always the
-    last token. `batch_size`: sequences per forward pass.
+    last token. A folder trained with `pooling=mean` reads the mean of the response
+    tokens' states instead (`alignkit.models.reward`). `batch_size`: sequences per
+    forward pass.
 
     `risk_aversion` k >= 0 (ensembles only): score `mean - k * std` over the heads, a
     reward that is low where the heads disagree, i.e. away from the data the reward
@@ -125,7 +127,7 @@ class RewardModelJudge(ScoringJudge):
         kept = [i for i, e in enumerate(encoded) if e is not None]
         raw = score_sequences(
             self.scores,
-            [_strip_trailing(encoded[i].input_ids, self.read_pad_id) for i in kept],
+            [_strip_trailing(encoded[i].features(), self.read_pad_id) for i in kept],
             pad_id=self.pad_id,
             batch_size=self.batch_size,
             device=self.device,
@@ -142,11 +144,13 @@ class RewardModelJudge(ScoringJudge):
         return ScoredRecords(scores, spread)
 
 
-def _strip_trailing(ids: list[int], pad_id: int | None) -> list[int]:
+def _strip_trailing(features: dict, pad_id: int | None) -> dict:
+    """`input_ids` and `labels` without trailing `pad_id` tokens."""
+    ids = features["input_ids"]
     end = len(ids)
     while pad_id is not None and end > 1 and ids[end - 1] == pad_id:
         end -= 1
-    return ids[:end]
+    return {key: values[:end] for key, values in features.items()}
 
 
 def _record(prompt: Text, response: Text) -> dict:

@@ -3,7 +3,8 @@
 Each record is one unit of the loss: a preference pair, or a ranking of K responses
 expanded into its C(K, 2) comparisons weighted 1 / C(K, 2) (`alignkit.losses.reward`).
 All responses of a micro-batch's records go through one forward pass (packed,
-padding-free, by default) and are scored at their last token.
+padding-free, by default) and are scored at their last token, or (`pooling=mean`) from
+the mean of their response tokens' states.
 
 Ensembles (`num_heads > 1`) share the backbone; head k starts from its own random prior
 and weights each training record by its own Poisson(1) draw (the online bootstrap of
@@ -35,9 +36,12 @@ from alignkit.models.lora import apply_lora
 from alignkit.models.partial import train_top_layers
 from alignkit.models.reward import (
     OFFSET_KEY,
+    POOLING_KEY,
     RewardScores,
     load_reward_model,
+    response_mask,
     reward_pad_id,
+    reward_pooling,
     score_positions,
     score_sequences,
 )
@@ -122,6 +126,7 @@ def batch_rewards(module, batch: dict) -> torch.Tensor:
         score_positions(batch),
         position_ids=batch["position_ids"] if packed else None,
         cu_seqlens=batch["cu_seqlens"] if packed else None,
+        response_mask=response_mask(batch),
     )
 
 
@@ -198,8 +203,8 @@ def comparison_summary(
     return out
 
 
-def _flat_sequences(groups: list[dict]) -> list[list[int]]:
-    return [seq["input_ids"] for group in groups for seq in group["sequences"]]
+def _flat_sequences(groups: list[dict]) -> list[dict]:
+    return [seq for group in groups for seq in group["sequences"]]
 
 
 def make_finalize(config: RewardConfig, norm_groups, summary_groups, summary_prefix, pad_id):
@@ -260,6 +265,7 @@ def run_rm(config: RewardConfig) -> TrainResult:
         keep_trailing_context=True,
     )
     pad_id = _configure_pad(model, tokenizer, encoder)
+    _configure_pooling(model, config)
     train_top_layers(model, config.trainable_layers)
     if config.lora is not None:
         model = apply_lora(model, config.lora, task_type="SEQ_CLS")
@@ -309,6 +315,20 @@ def run_rm(config: RewardConfig) -> TrainResult:
         finalize=finalize,
         max_tokens=config.micro_batch_tokens,
     )
+
+
+def _configure_pooling(model, config: RewardConfig) -> None:
+    """Record the read-out in the model's config (saved with it, read by every scorer);
+    a reward model trained further keeps the read-out it was trained with."""
+    if getattr(model.config, POOLING_KEY, None) is not None and reward_pooling(model) != (
+        config.pooling
+    ):
+        raise AlignkitError(
+            f"{config.model} is a reward model with pooling={reward_pooling(model)}; "
+            f"training it further with pooling={config.pooling} would change what its "
+            f"head reads. Set pooling={reward_pooling(model)}, or start from the backbone"
+        )
+    model.config.__setattr__(POOLING_KEY, config.pooling)
 
 
 def _configure_pad(model, tokenizer, encoder: ChatEncoder) -> int:

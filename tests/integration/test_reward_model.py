@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignkit.config import RewardConfig
+from alignkit.errors import AlignkitError
 from alignkit.feedback.reward_model import RewardModelJudge, score_file
 from alignkit.methods.reward import run_rm
 from alignkit.models.lora import LoraSettings
@@ -336,3 +337,51 @@ def test_resume_continues_exactly(tiny_model_dir, reward_task_files, tmp_path):
     )
     resumed = RewardModelJudge(tmp_path / "b" / "final", device="cpu").score_batch(prompts, replies)
     assert resumed == pytest.approx(straight, abs=1e-5)
+
+
+def mean_read_out_rewards(folder, records):
+    """(N,) rewards of a `pooling=mean` folder worked out without alignkit's scorer: the
+    plain `apply_chat_template` tokens, the backbone's last hidden states, their mean from
+    the first reply token through the end-of-turn token, the head, minus the offset."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for record in records:
+        prompt = tokenizer(
+            tokenizer.apply_chat_template(
+                record["prompt"], tokenize=False, add_generation_prompt=True
+            )
+        )["input_ids"]
+        conversation = record["prompt"] + record["completion"]
+        ids = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False))["input_ids"]
+        assert ids[: len(prompt)] == prompt
+        last = max(i for i, token in enumerate(ids) if token == end_of_turn)
+        with torch.no_grad():
+            states = model.model(torch.tensor([ids])).last_hidden_state[0]
+            rows.append(model.score(states[len(prompt) : last + 1].mean(0)))
+    return torch.stack(rows)[:, 0] - model.config.reward_offset[0]
+
+
+def test_mean_read_out_learns_and_scores_as_its_definition(
+    tiny_model_dir, reward_task_files, tmp_path
+):
+    """pooling=mean: the folder says so, it learns the known reward, and alignkit's scorer
+    (padded batches) equals the mean of the reply tokens' states read by the head."""
+    run_rm(rm_config(tiny_model_dir, reward_task_files, tmp_path, pooling="mean", epochs=2))
+    final = tmp_path / "final"
+    assert json.loads((final / "config.json").read_text())["reward_pooling"] == "mean"
+    assert read_metrics(tmp_path)[-1]["eval/accuracy"] >= 0.9
+    records = eval_replies(reward_task_files[1])[:12]
+    ours = RewardModelJudge(final, device="cpu", batch_size=5).score_records(records).scores
+    theirs = mean_read_out_rewards(final, records)
+    torch.testing.assert_close(torch.tensor(ours), theirs, atol=1e-4, rtol=1e-4)
+    # and it differs from what the last token alone would give
+    last = transformers_rewards(final, [r["prompt"] + r["completion"] for r in records])[:, 0]
+    assert not torch.allclose(torch.tensor(ours), last, atol=1e-2)
+
+    # a reward model keeps the read-out it was trained with
+    with pytest.raises(AlignkitError, match="pooling=mean"):
+        run_rm(rm_config(final, reward_task_files, tmp_path / "more", pooling="last", max_steps=1))

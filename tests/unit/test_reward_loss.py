@@ -91,7 +91,7 @@ class FixedRewards(torch.nn.Module):
         super().__init__()
         self.rewards = torch.nn.Parameter(torch.tensor(rewards))
 
-    def forward(self, input_ids, score_index, position_ids=None, cu_seqlens=None):
+    def forward(self, input_ids, score_index, position_ids=None, cu_seqlens=None, **_):
         return self.rewards
 
 
