@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def add_training_command(subparsers, name: str, config_class, help_text: str, ru
         except KeyboardInterrupt:
             print(interrupted_message(name, args, Path(config.output_dir)), file=sys.stderr)
             return 130
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # under torchrun, process 0 reports for the run
         print(f"done: {result.steps} steps; model in {result.final_dir}")
         report = write_run_report(Path(config.output_dir))
         if report is not None:

@@ -549,7 +549,8 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                 if labels.spent or (book.remaining is not None and book.remaining == 0):
                     stop_reason = f"query budget of {config.query_budget} spent"
                 last_step = done == steps or stop_reason is not None
-                if oracle and config.eval_every and done % config.eval_every == 0:
+                evaluated = oracle and config.eval_every and done % config.eval_every == 0
+                if evaluated:
                     metrics.update(
                         evaluate_prompts(
                             run, eval_prompts, oracle, tokenizer, start_reference,
@@ -558,7 +559,8 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                     )  # fmt: skip
                 if config.sample_every and (done % config.sample_every == 0 or done == 1):
                     write_pair_samples(output_dir, done, round_prompts, texts, labels.pairs)
-                logged = metrics if done % config.log_every == 0 or last_step else None
+                # an evaluation step is always written: its held-out numbers cost samples
+                logged = metrics if done % config.log_every == 0 or last_step or evaluated else None
                 last_metrics = metrics
                 run.finish_step(
                     logged,

@@ -289,7 +289,8 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
             metrics.pop("tokens_per_s", None)
             metrics["seconds_per_step"] = time.perf_counter() - started
             done = step + 1
-            if eval_prompts and config.eval_every and done % config.eval_every == 0:
+            evaluated = eval_prompts and config.eval_every and done % config.eval_every == 0
+            if evaluated:
                 metrics.update(
                     evaluate_prompts(
                         run, eval_prompts, judge, tokenizer, reference, reference_context, config
@@ -301,7 +302,8 @@ def run_policy_gradient(config: RLConfig, algorithm) -> TrainResult:
                 and (done % config.sample_every == 0 or done == 1)
             ):
                 write_samples(output_dir, done, row_prompts, texts, raw_scores, rollout.finished)
-            logged = metrics if done % config.log_every == 0 or done == steps else None
+            # an evaluation step is always written: its held-out numbers cost samples
+            logged = metrics if done % config.log_every == 0 or done == steps or evaluated else None
             last_metrics = metrics
             run.finish_step(logged, extra={"kl_controller": kl_controller.state_dict()})
 

@@ -112,7 +112,9 @@ def test_two_ddp_processes_equal_one_process(tiny_model_dir, mixed_length_sft_fi
     args = sft_command(
         tiny_model_dir, mixed_length_sft_file, tmp_path / "ddp", *common, "micro_batch_size=2"
     )
-    run(launcher + args, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ddp_run = run(launcher + args, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ddp_run.stdout.count("done:") == 1  # process 0 speaks and reports for the run
+    assert (tmp_path / "ddp" / "report.html").is_file()
     assert_same_final(tmp_path / "ddp", tmp_path / "single", atol=1e-5)
     single, ddp = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
     assert all(abs(a["loss"] - b["loss"]) < 1e-5 for a, b in zip(ddp, single, strict=True))

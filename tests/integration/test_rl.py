@@ -411,6 +411,7 @@ def test_eval_data_is_evaluated_every_eval_every_steps_and_at_the_end(rl_files, 
                 reward="tests.integration.test_rl:prompt_number_reward",
                 eval_data=str(held_out),
                 eval_every=2,
+                log_every=3,  # step 2 is written because it evaluated, not because it logs
                 max_steps=3,
                 batch_size=4,
             )
