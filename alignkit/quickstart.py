@@ -1,13 +1,15 @@
 """The classic RLHF pipeline end to end on the built-in `sentiment` task.
 
-1. sample two completions per training prompt from the starting policy;
-2. label each pair with the oracle (VADER), standing in for a human;
-3. train a reward model on the pairs;
+1. sample K completions per training prompt from the starting policy (`sentiment-chat`
+   prompts);
+2. rank them with the oracle (VADER), standing in for a human;
+3. train a reward model on the rankings (reading the mean of each reply's states);
 4. PPO against that reward model;
-5. DPO on the same pairs;
-6. evaluate the start, PPO and DPO policies on held-out prompts: mean oracle reward and
-   KL to the start;
-7. print a summary table; save it and before/after samples.
+5. DPO on each prompt's best-vs-worst pair;
+6. evaluate the start, PPO and DPO policies on held-out prompts: mean oracle reward, KL
+   to the start, win rate against the start;
+7. print a summary table; save it, before/after samples, per-token reward maps and the
+   report.
 
 Every stage writes its result under the run folder and a `.done` marker; a re-run skips
 finished stages. `preset="tiny"` runs the same stages on a tiny random model in about a
@@ -51,6 +53,7 @@ class Preset:
     trainable_layers: int | None = None  # RM, PPO and DPO train only the top N blocks
     rm_held_out: float = 0.2  # share of the prompts held out to measure the reward model
     rm_batch_size: int = 8  # rankings per optimizer step
+    rm_pooling: str = "mean"  # the reward model reads the mean of the reply's states
     batch_size: int = 16
     temperature: float = 0.7
     min_score_gap: float = 0.05  # pairs whose oracle scores are closer are ties, skipped
@@ -236,6 +239,7 @@ class Quickstart:
                 batch_size=self.preset.rm_batch_size,
                 learning_rate=self.preset.rm_learning_rate,
                 lr_schedule="cosine",
+                pooling=self.preset.rm_pooling,
             )
         )
         print(
