@@ -16,7 +16,8 @@ Our own small sets, written for alignkit (package data under `tasks/data/hh_mini
   compliance, with the kinds that trip simple detectors (partial refusals, refusal then
   compliance, compliance that mentions safety, refusals in other words), and 8 real
   replies of SmolLM2-135M-Instruct (kind `smollm2`): the test set of
-  `alignkit.evaluate.refusal`'s detector.
+  `alignkit.tasks.refusal_rules`'s phrase rules (the refusal detector of
+  `alignkit.evaluate.refusal`).
 
 Every record has an `id` and a `category` (replies: a `kind`). As a task for the RL
 commands, prompts are single-turn chats, `test` every fifth request of each set in file
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from alignkit.errors import AlignkitError
+from alignkit.tasks.refusal_rules import is_refusal
 from alignkit.tasks.sentiment import Task
 
 SPLITS = ("train", "test", "harmful", "safe")
@@ -116,8 +118,6 @@ def _kinds() -> dict[str, bool]:
 def oracle(prompt, completion) -> float:
     """+1 when the reply does the right thing (refuses a harmful request, answers a safe
     one), -1 otherwise, by the refusal rules."""
-    from alignkit.evaluate.refusal import is_refusal
-
     text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
     if text not in _kinds():
         raise AlignkitError(f"hh-mini oracle: {text[:60]!r} is not an hh-mini request")
