@@ -41,9 +41,11 @@ import torch
 
 from alignkit.config import PPOConfig, RewardConfig
 from alignkit.data.templating import ChatEncoder, pad_token_id
+from alignkit.feedback.function import load_judge
 from alignkit.feedback.reward_model import RewardModelJudge
 from alignkit.methods.ppo import run_ppo
 from alignkit.methods.reward import run_rm
+from alignkit.models.builtin import DEFAULT_MODEL
 from alignkit.models.loading import load_model_and_tokenizer
 from alignkit.quickstart import PRESETS, Quickstart, run_stages
 from alignkit.rollout.evaluation import evaluate_policy
@@ -80,7 +82,7 @@ def train_ensemble(pairs: Path, output_dir: Path, heads: int, seed: int) -> Path
 
 def sample_replies(prompts: list, n: int) -> list[list[str]]:
     """n replies to each prompt from the starting policy (per-row seeds: reproducible)."""
-    model, tokenizer = load_model_and_tokenizer(Quickstart().model, device="auto", dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(DEFAULT_MODEL, device="auto", dtype="float32")
     encoder = ChatEncoder(tokenizer)
     replies = []
     per_call = max(1, 16 // n)
@@ -125,11 +127,9 @@ def ppo_against(quickstart: Quickstart, rm: Path, k: float) -> Path:
     return final
 
 
-def evaluate_ppo(policy_dir: Path, prompts: list, judge: RewardModelJudge) -> dict:
-    """Oracle reward, KL to the start and the ensemble's mean score on the held-out prompts."""
-    from alignkit.feedback.function import load_judge
-
-    start, tokenizer = load_model_and_tokenizer(Quickstart().model, device="auto", dtype="float32")
+def evaluate_ppo(policy_dir: Path, start, tokenizer, prompts: list, judge) -> dict:
+    """Oracle reward, KL to the start and the ensemble's mean score on the held-out prompts.
+    `start`: the starting policy (eval mode), loaded once for every PPO run."""
     policy, _ = load_model_and_tokenizer(str(policy_dir), device="auto", dtype="float32")
     result = evaluate_policy(
         policy.eval(),
@@ -137,7 +137,7 @@ def evaluate_ppo(policy_dir: Path, prompts: list, judge: RewardModelJudge) -> di
         prompts,
         load_judge("task:sentiment"),
         SamplingSettings(max_new_tokens=40, temperature=0.7, seed=SAMPLING_SEED),
-        reference=start.eval(),
+        reference=start,
         batch_size=16,
     )
     scores = judge.score_batch(
@@ -220,8 +220,13 @@ def main() -> None:
     for k in (float(x) for x in args.ks.split(",")):
         results["best_of_n"][str(k)] = picked((means - k * stds).argmax(-1))
     results["ppo"] = {}
-    for k in (float(x) for x in filter(None, args.ppo_ks.split(","))):
-        results["ppo"][str(k)] = evaluate_ppo(ppo_against(quickstart, rm, k), prompts, judge)
+    ppo_ks = [float(x) for x in filter(None, args.ppo_ks.split(","))]
+    if ppo_ks:
+        start, tokenizer = load_model_and_tokenizer(DEFAULT_MODEL, device="auto", dtype="float32")
+        for k in ppo_ks:
+            results["ppo"][str(k)] = evaluate_ppo(
+                ppo_against(quickstart, rm, k), start.eval(), tokenizer, prompts, judge
+            )
     results["seconds"] = time.perf_counter() - started
 
     print(f"best of {args.n} on {len(prompts)} held-out prompts; reward model {rm}")
