@@ -35,6 +35,9 @@ from alignkit.ops.modules import unwrap
 
 # Tokens per packed prefill forward: bounds the activations of one prefill pass.
 PREFILL_TOKENS = 2048
+# A prefix shared by all prompts (a chat template's system prompt) is prefilled once when
+# that saves at least this many token positions; below it, the extra pass costs more.
+SHARED_PREFIX_MIN_SAVING = 32
 
 
 class Decoder(Protocol):
@@ -165,38 +168,93 @@ class LlamaDecoder:
         self.column = longest
         for projection in self.projections:
             projection.unpack()  # prefill products have many rows: plain F.linear is fastest
+        # K samples of one prompt are prefilled once, their cache rows copied after
+        owner = {}
+        source = [owner.setdefault(tuple(p), r) for r, p in enumerate(prompts)]
+        distinct = sorted(owner.values())
+        plan = _Prefill(prompts, distinct, longest)
+        prefix = self._prefill_prefix(plan) if plan.shared else None
         last = []
-        for chunk in _chunks(prompts, PREFILL_TOKENS):
-            last.append(self._prefill_chunk(prompts, chunk, longest))
+        for chunk in _chunks([prompts[r][plan.shared :] for r in distinct], PREFILL_TOKENS):
+            last.append(self._prefill_chunk(plan, [distinct[i] for i in chunk], prefix))
         hidden = torch.cat(last)
+        duplicates = [r for r in range(rows) if source[r] != r]
+        if duplicates:
+            to = torch.tensor(duplicates, device=device)
+            frm = torch.tensor([source[r] for r in duplicates], device=device)
+            for cache in (*self.keys, *self.values):
+                cache[to] = cache[frm]
         for projection in self.projections:
             projection.pack(rows)
-        return self.lm_head(self.final_norm(hidden)).float()
+        logits = self.lm_head(self.final_norm(hidden)).float()
+        order = {r: i for i, r in enumerate(distinct)}
+        return logits[torch.tensor([order[source[r]] for r in range(rows)], device=device)]
 
-    def _prefill_chunk(self, prompts, chunk: range, longest: int) -> torch.Tensor:
-        """Prompts `chunk` packed into one (1, T) sequence; fills their cache rows and
-        returns the last position's hidden state per prompt, (len(chunk), hidden)."""
+    def _prefill_prefix(self, plan: _Prefill) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The tokens every prompt starts with, run once as a (1, C) sequence; writes
+        them into every prompt's cache row and returns each layer's keys/values
+        (1, H_kv, C, D) for the prompts' remaining tokens to attend to."""
         device = self.weight.device
-        ids = torch.tensor([t for r in chunk for t in prompts[r]], device=device)
-        positions = torch.cat([torch.arange(len(prompts[r]), device=device) for r in chunk])
+        ids = torch.tensor(plan.prompts[plan.rows[0]][: plan.shared], device=device)
+        kept = []
+
+        def store(index, key, value):
+            for r in plan.rows:
+                begin = plan.start(r)
+                self.keys[index][r, :, begin : begin + plan.shared] = key[0]
+                self.values[index][r, :, begin : begin + plan.shared] = value[0]
+            kept.append((key, value))
+            return key, value
+
+        def attend(index, q, k, v):
+            return self._attention(q, k, v, None)
+
+        positions = torch.arange(plan.shared, device=device)[None]
+        self._layers(self.inner.embed_tokens(ids)[None], positions, attend, store)
+        return kept
+
+    def _prefill_chunk(self, plan: _Prefill, rows: list[int], prefix) -> torch.Tensor:
+        """The prompts of `rows`, after their shared prefix, packed into one (1, T)
+        sequence; fills their cache rows and returns the last position's hidden state per
+        prompt, (len(rows), hidden)."""
+        device = self.weight.device
+        prompts, shared = plan.prompts, plan.shared
+        ids = torch.tensor([t for r in rows for t in prompts[r][shared:]], device=device)
+        positions = torch.cat([torch.arange(shared, len(prompts[r]), device=device) for r in rows])
         spans, start = [], 0
-        for r in chunk:
-            spans.append((r, start, start + len(prompts[r])))
-            start += len(prompts[r])
+        for r in rows:
+            spans.append((r, start, start + len(prompts[r]) - shared))
+            start += len(prompts[r]) - shared
 
         def store(index, key, value):
             for r, begin, end in spans:
-                width = end - begin
-                self.keys[index][r, :, longest - width : longest] = key[0, :, begin:end]
-                self.values[index][r, :, longest - width : longest] = value[0, :, begin:end]
+                self.keys[index][r, :, plan.start(r) + shared : plan.longest] = key[0, :, begin:end]
+                self.values[index][r, :, plan.start(r) + shared : plan.longest] = value[
+                    0, :, begin:end
+                ]
             return key, value
 
-        def attend(q, k, v):
-            # each prompt attends causally to itself only: one small product per prompt
-            # instead of a (T, T) block-diagonal mask that is mostly zeros
+        def attend(index, q, k, v):
+            # each prompt attends causally to itself (and the shared prefix) only: one
+            # small product per prompt instead of a (T, T) block-diagonal mask that is
+            # mostly zeros
+            if prefix is None:
+                return torch.cat(
+                    [
+                        self._attention(q[:, :, b:e], k[:, :, b:e], v[:, :, b:e], None)
+                        for _, b, e in spans
+                    ],
+                    dim=2,
+                )
+            before_k, before_v = prefix[index]
             return torch.cat(
                 [
-                    self._attention(q[:, :, b:e], k[:, :, b:e], v[:, :, b:e], None)
+                    self._attention(
+                        q[:, :, b:e],
+                        torch.cat((before_k, k[:, :, b:e]), dim=2),
+                        torch.cat((before_v, v[:, :, b:e]), dim=2),
+                        _after_prefix_mask(e - b, shared, device),
+                    )
                     for _, b, e in spans
                 ],
                 dim=2,
@@ -214,7 +272,7 @@ class LlamaDecoder:
         self.valid[:, column] = True
         mask = self.valid[:, None, None, : column + 1]
 
-        def attend(q, k, v):
+        def attend(index, q, k, v):
             return self._attention(q, k, v, mask)
 
         def store(index, key, value):
@@ -249,8 +307,8 @@ class LlamaDecoder:
 
     def _layers(self, x, positions, attend, store) -> torch.Tensor:
         """x (N, T, hidden) at `positions` (N, T). store(layer, keys, values) caches this
-        pass's keys/values (N, H_kv, T, D) and returns those to attend to; attend(q, k, v)
-        -> (N, H, T, D). Returns the final layer's output (N, T, hidden)."""
+        pass's keys/values (N, H_kv, T, D) and returns those to attend to; attend(layer, q,
+        k, v) -> (N, H, T, D). Returns the final layer's output (N, T, hidden)."""
         freqs = positions[..., None].float() * self.inv_freq.float()
         angles = torch.cat((freqs, freqs), dim=-1)
         cos = (angles.cos() * self.rotary_scale).to(x.dtype)[:, None]
@@ -265,12 +323,38 @@ class LlamaDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             k, v = store(index, k, v)
-            attended = attend(q, k, v)
+            attended = attend(index, q, k, v)
             x = x + layer.o(attended.transpose(1, 2).reshape(n, t, -1))
             h = layer.post_norm(x)
             gate, up = layer.gate_up(h)
             x = x + layer.down(F.silu(gate) * up)
         return x
+
+
+class _Prefill:
+    """Where each prompt goes in the right-aligned cache, and how many leading tokens
+    all the distinct prompts share (`shared`: prefilled once; 0 when too few to pay
+    for the extra pass, and always leaving every prompt at least one token of its own)."""
+
+    def __init__(self, prompts: list[list[int]], rows: list[int], longest: int):
+        self.prompts, self.rows, self.longest = prompts, rows, longest
+        firsts = [prompts[r] for r in rows]
+        shared = min(len(p) for p in firsts) - 1
+        for i in range(shared):
+            if any(p[i] != firsts[0][i] for p in firsts[1:]):
+                shared = i
+                break
+        self.shared = shared if shared * (len(rows) - 1) >= SHARED_PREFIX_MIN_SAVING else 0
+
+    def start(self, row: int) -> int:
+        """The cache column of the row's first prompt token."""
+        return self.longest - len(self.prompts[row])
+
+
+def _after_prefix_mask(length: int, prefix: int, device) -> torch.Tensor:
+    """(length, prefix + length) bool: each of a prompt's own tokens sees the shared
+    prefix and its own tokens up to itself."""
+    return torch.ones(length, prefix + length, dtype=torch.bool, device=device).tril(prefix)
 
 
 def _rms_norm(module: nn.Module):

@@ -22,11 +22,11 @@ def reference_logits(model, sequence):
         return model(torch.tensor([sequence])).logits[0, -1].float()
 
 
-def check_decoder(model, decoder):
+def check_decoder(model, decoder, prompts=PROMPTS):
     """Prefill, two steps with all rows, drop row 1, one more step: logits match."""
-    sequences = [list(p) for p in PROMPTS]
+    sequences = [list(p) for p in prompts]
     live = [0, 1, 2]
-    logits = decoder.prefill(PROMPTS)
+    logits = decoder.prefill(prompts)
     for step in range(3):
         for i, row in enumerate(live):
             assert_close(logits[i], reference_logits(model, sequences[row]), atol=2e-5, rtol=1e-4)
@@ -61,6 +61,44 @@ def test_llama_decoder_prefills_in_chunks(tokenizer, monkeypatch):
     model = tiny_model(2, tokenizer).eval()
     assert [list(c) for c in decoders._chunks(PROMPTS, 5)] == [[0], [1], [2]]
     check_decoder(model, LlamaDecoder(model, max_new_tokens=3))
+
+
+# a system prompt all three share (5 tokens), and row 2 the same prompt as row 0 (K samples)
+SHARED = [[3, 9, 27, 81, 243, 5, 17, 300], [3, 9, 27, 81, 243, 7], [3, 9, 27, 81, 243, 5, 17, 300]]
+
+
+@pytest.mark.parametrize("budget", [2048, 3])
+def test_llama_decoder_prefills_a_shared_prefix_and_repeated_prompts_once(
+    tokenizer, monkeypatch, budget
+):
+    """The prefix every prompt starts with is run once and the repeated prompt is copied
+    (checked by counting the tokens the layers see); logits still match at every step,
+    also when the rest is split into chunks."""
+    monkeypatch.setattr(decoders, "SHARED_PREFIX_MIN_SAVING", 1)
+    monkeypatch.setattr(decoders, "PREFILL_TOKENS", budget)
+    model = tiny_model(8, tokenizer).eval()
+    decoder = LlamaDecoder(model, max_new_tokens=3)
+    seen = []
+    layers = decoder._layers
+    decoder._layers = lambda x, *rest: seen.append(x.shape[1]) or layers(x, *rest)
+    check_decoder(model, decoder, SHARED)
+    # prefix 5, then rows 0 and 1 after it (3 + 1): 9 positions instead of 22
+    assert sum(seen[:-2]) == 5 + 3 + 1  # then two decode steps
+    assert decoders._Prefill(SHARED, [0, 1], 8).shared == 5
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own(monkeypatch):
+    monkeypatch.setattr(decoders, "SHARED_PREFIX_MIN_SAVING", 1)
+    assert decoders._Prefill([[1, 2, 3], [1, 2, 3, 4]], [0, 1], 4).shared == 2
+    assert decoders._Prefill([[1, 2, 3], [1, 5, 3, 4]], [0, 1], 4).shared == 1
+    monkeypatch.setattr(
+        decoders, "SHARED_PREFIX_MIN_SAVING", 3
+    )  # 2 tokens x 1 other prompt saved < 3
+    assert decoders._Prefill([[1, 2, 3], [1, 2, 3, 4]], [0, 1], 4).shared == 0
+    assert decoders._after_prefix_mask(2, 3, "cpu").tolist() == [
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+    ]
 
 
 def test_llama_decoder_runs_lora_layers_unpacked(tokenizer):
