@@ -238,23 +238,10 @@ class LlamaDecoder:
             # each prompt attends causally to itself (and the shared prefix) only: one
             # small product per prompt instead of a (T, T) block-diagonal mask that is
             # mostly zeros
-            if prefix is None:
-                return torch.cat(
-                    [
-                        self._attention(q[:, :, b:e], k[:, :, b:e], v[:, :, b:e], None)
-                        for _, b, e in spans
-                    ],
-                    dim=2,
-                )
-            before_k, before_v = prefix[index]
+            before = None if prefix is None else prefix[index]
             return torch.cat(
                 [
-                    self._attention(
-                        q[:, :, b:e],
-                        torch.cat((before_k, k[:, :, b:e]), dim=2),
-                        torch.cat((before_v, v[:, :, b:e]), dim=2),
-                        _after_prefix_mask(e - b, shared, device),
-                    )
+                    self._own_attention(q[:, :, b:e], k[:, :, b:e], v[:, :, b:e], before)
                     for _, b, e in spans
                 ],
                 dim=2,
@@ -292,6 +279,20 @@ class LlamaDecoder:
         self.values = [v[rows] for v in self.values]
         self.valid = self.valid[rows]
         self.positions = self.positions[rows]
+
+    def _own_attention(self, q, k, v, before):
+        """One prompt's tokens (1, H, L, D) attending causally to their own keys/values
+        (1, H_kv, L, D) and, when `before` holds the shared prefix's (keys, values)
+        (1, H_kv, C, D) each, to all of those first."""
+        if before is None:
+            return self._attention(q, k, v, None)
+        prefix = before[0].shape[2]
+        return self._attention(
+            q,
+            torch.cat((before[0], k), dim=2),
+            torch.cat((before[1], v), dim=2),
+            _after_prefix_mask(q.shape[2], prefix, q.device),
+        )
 
     def _attention(self, q, k, v, mask):
         """q (N, H, T, D), k/v (N, H_kv, S, D), mask (N, 1, T, S) bool or None for causal."""
