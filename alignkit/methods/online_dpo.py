@@ -433,7 +433,13 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                     # the starting model's features: frozen for the whole run
                     frozen = start_reference if start_reference is not None else policy
                     with start_context():  # LoRA without ref_model: the adapter disabled
-                        feats = sequence_features(frozen, sequences, pad_id=pad_id).cpu()
+                        feats = sequence_features(
+                            frozen,
+                            sequences,
+                            pad_id=pad_id,
+                            pooling=config.ensemble.pooling,
+                            starts=[len(ids) for ids in row_prompt_ids],
+                        ).cpu()
                     member_scores = ensemble.scores(feats).reshape(-1, len(chosen), K)
 
                 # 4. select (best_worst: the labeller scores all K first)

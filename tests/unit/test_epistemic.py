@@ -176,3 +176,43 @@ def test_features_are_the_last_hidden_state_at_the_last_token(tokenizer):
                 out = model(torch.tensor([ids]), output_hidden_states=True)
             assert_close(got[i], out.hidden_states[-1][0, -1], atol=1e-5, rtol=1e-5)
     assert sequence_features(model, [], pad_id=0).shape == (0, 64)
+
+
+def test_mean_features_average_the_response_states_only(tokenizer):
+    """pooling="mean": batched, right-padded extraction equals, per sequence, the mean of
+    one unpadded forward's last-layer states from the first response token to the end
+    (the prompt's states and the pads left out); `features` finds where the response
+    starts from the training encoding's labels. Bad pooling or starts are refused."""
+    from alignkit.data.templating import ChatEncoder
+    from alignkit.models.tiny import tiny_model
+
+    model = tiny_model(seed=0, tokenizer=tokenizer).eval()
+    sequences = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
+    starts = [3, 1, 2]
+    got = sequence_features(
+        model, sequences, pad_id=0, batch_size=2, pooling="mean", starts=starts
+    )
+    for row, (ids, start) in enumerate(zip(sequences, starts, strict=True)):
+        with torch.no_grad():
+            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        assert_close(got[row], hidden[start:].mean(0), atol=1e-5, rtol=1e-5)
+
+    prompts, responses = ["Say hi", "Hm"], ["hi there", "once upon a time"]
+    got = features(model, tokenizer, prompts, responses, pooling="mean")
+    encoder = ChatEncoder(tokenizer)
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        encoded = encoder.encode_sft({"prompt": prompt, "completion": response})
+        start = next(t for t, label in enumerate(encoded.labels) if label != -100)
+        with torch.no_grad():
+            hidden = model(
+                torch.tensor([encoded.input_ids]), output_hidden_states=True
+            ).hidden_states[-1][0]
+        assert start > 0 and encoded.labels[start - 1] == -100
+        assert_close(got[row], hidden[start:].mean(0), atol=1e-5, rtol=1e-5)
+
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        sequence_features(model, sequences, pad_id=0, pooling="max")
+    with pytest.raises(ValueError, match="needs starts"):
+        sequence_features(model, sequences, pad_id=0, pooling="mean")
+    with pytest.raises(ValueError, match="inside its sequence"):
+        sequence_features(model, sequences, pad_id=0, pooling="mean", starts=[5, 0, 0])
