@@ -35,10 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "online_dpo_sentiment.yaml"
 TARGET_RATIO, TARGET_REWARD, TARGET_KL = 0.6, 0.80, 8.0
-# SEA's mixed preference learning (Liu et al. 2024, Sec. 4.3): after 2 rounds of labels
-# only, the epistemic model labels the half of each round's pairs it is surest about, so
-# a SEA round costs half the queries; passive and random have no model to ask
-SEA_OVERRIDES = ("mixed_fraction=0.5", "mixed_burn_in=2")
+# the recipe is SEA's, with mixed preference learning (Liu et al. 2024, Sec. 4.3: from the
+# third round on, the epistemic model labels the half of each round's pairs it is surest
+# about, so a round costs half the queries); the baselines are plain online DPO, every
+# pair labelled by the oracle
+BASELINES = ("passive", "random")
+BASELINE_OVERRIDES = ("mixed_fraction=0",)
 
 
 def eval_prompts_file(folder: Path, count: int) -> Path:
@@ -240,14 +242,6 @@ def main() -> None:
         action="store_true",
         help="redraw the plot from --out (needs matplotlib only)",
     )
-    parser.add_argument(
-        "--sea",
-        nargs="*",
-        default=list(SEA_OVERRIDES),
-        help="overrides for the sea_* rules only (default: mixed preference learning, "
-        + " ".join(SEA_OVERRIDES)
-        + "); give --sea with nothing after it for none",
-    )
     parser.add_argument("overrides", nargs="*", help="recipe overrides for every rule, key=value")
     args = parser.parse_args()
     if args.plot_only:
@@ -270,7 +264,7 @@ def main() -> None:
         starts[seed] = start_point(base)
         print(f"seed {seed}: start reward {starts[seed]['reward']:.3f}", flush=True)
         for rule in args.rules:
-            overrides = args.overrides + (args.sea if rule.startswith("sea_") else [])
+            overrides = [*(BASELINE_OVERRIDES if rule in BASELINES else ()), *args.overrides]
             run = run_one(rule, seed, work / f"{rule}-{seed}", eval_file, overrides)
             runs[rule][seed] = run
             last = run["points"][-1]
@@ -283,7 +277,7 @@ def main() -> None:
     result = {
         "recipe": str(RECIPE.relative_to(ROOT)),
         "overrides": args.overrides,
-        "sea_overrides": args.sea,
+        "baseline_overrides": list(BASELINE_OVERRIDES),
         "eval_prompts": args.eval_prompts,
         "seeds": args.seeds,
         "total_seconds": time.perf_counter() - started,
