@@ -3,8 +3,8 @@
 SEA (Liu et al. 2024, "Sample-Efficient Alignment for LLMs", Sec. 4.1; the `oat`
 framework) explores with a posterior over reward functions, not a point estimate. Here the
 posterior is an ensemble of K MLPs `r_k: R^D -> R` on features that stay frozen (the
-policy's or a reward model's last hidden state at the last token of a response; see
-`features`), each trained with the Bradley-Terry loss on the preferences queried so far
+starting policy's or a reward model's last hidden states over a response, averaged or read
+at its last token; see `sequence_features`), each trained with the Bradley-Terry loss on the preferences queried so far
 plus an anchor to its own random initialisation (`alignkit.losses.ensemble`; Pearce et
 al. 2020). Where labels pin the reward down the members agree; elsewhere they keep the
 spread of their prior draws, so their disagreement measures what the labels have not yet

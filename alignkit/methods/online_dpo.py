@@ -10,8 +10,9 @@ bottom in `run_online_dpo`:
    with its own seed (seed, round, row): a response is a function of the weights, its
    prompt and its seed, so a resumed run samples exactly what the killed one did;
 3. **features and member scores** (rules and options that use the epistemic reward model,
-   `alignkit.feedback.epistemic`): the starting model's last hidden state at each
-   response's last token, frozen for the whole run, scored by every ensemble member;
+   `alignkit.feedback.epistemic`): the starting model's last hidden states over each
+   response (their mean, or the last token's: `ensemble.pooling`), frozen for the whole
+   run, scored by every ensemble member;
 4. **select** one pair per prompt with `selection` (`alignkit.feedback.selection`);
    `best_worst` first has the labeller score all K responses;
 5. **label** each pair, prompt by prompt, through the run's label store
