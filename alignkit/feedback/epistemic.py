@@ -4,9 +4,9 @@ SEA (Liu et al. 2024, "Sample-Efficient Alignment for LLMs", Sec. 4.1; the `oat`
 framework) explores with a posterior over reward functions, not a point estimate. Here the
 posterior is an ensemble of K MLPs `r_k: R^D -> R` on features that stay frozen (the
 starting policy's or a reward model's last hidden states over a response, averaged or read
-at its last token; see `sequence_features`), each trained with the Bradley-Terry loss on the preferences queried so far
-plus an anchor to its own random initialisation (`alignkit.losses.ensemble`; Pearce et
-al. 2020). Where labels pin the reward down the members agree; elsewhere they keep the
+at its last token; see `sequence_features`), each trained with the Bradley-Terry loss on
+the preferences queried so far plus an anchor to its own random initialisation
+(`alignkit.losses.ensemble`; Pearce et al. 2020). Where labels pin the reward down the members agree; elsewhere they keep the
 spread of their prior draws, so their disagreement measures what the labels have not yet
 told us. Pair selection (`alignkit.feedback.selection`) reads the member scores.
 
@@ -282,7 +282,9 @@ def sequence_features(
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if pooling == "mean":
         if starts is None or len(starts) != len(sequences):
-            raise ValueError("pooling='mean' needs starts: the first response position per sequence")
+            raise ValueError(
+                "pooling='mean' needs starts: the first response position per sequence"
+            )
         if any(not 0 <= s < len(seq) for s, seq in zip(starts, sequences, strict=True)):
             raise ValueError("each start must be a position inside its sequence")
     backbone = unwrap(model).base_model

@@ -189,9 +189,7 @@ def test_mean_features_average_the_response_states_only(tokenizer):
     model = tiny_model(seed=0, tokenizer=tokenizer).eval()
     sequences = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
     starts = [3, 1, 2]
-    got = sequence_features(
-        model, sequences, pad_id=0, batch_size=2, pooling="mean", starts=starts
-    )
+    got = sequence_features(model, sequences, pad_id=0, batch_size=2, pooling="mean", starts=starts)
     for row, (ids, start) in enumerate(zip(sequences, starts, strict=True)):
         with torch.no_grad():
             hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
