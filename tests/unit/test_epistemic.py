@@ -214,3 +214,16 @@ def test_mean_features_average_the_response_states_only(tokenizer):
         sequence_features(model, sequences, pad_id=0, pooling="mean")
     with pytest.raises(ValueError, match="inside its sequence"):
         sequence_features(model, sequences, pad_id=0, pooling="mean", starts=[5, 0, 0])
+
+
+def test_config_offers_exactly_the_poolings_the_features_implement():
+    """`ensemble.pooling`'s choices (config cannot import torch-side modules) and
+    `sequence_features`' POOLINGS stay one list."""
+    import dataclasses
+
+    from alignkit.config import EnsembleSettings
+    from alignkit.feedback.epistemic import POOLINGS
+
+    field = next(f for f in dataclasses.fields(EnsembleSettings) if f.name == "pooling")
+    assert set(field.metadata["choices"]) == set(POOLINGS)
+    assert EnsembleSettings().pooling in POOLINGS
