@@ -562,6 +562,11 @@ class OnlineDPOConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
     updates_per_round: int = setting(
         1, "optimizer steps on each round's labelled pairs (each over all of them)"
     )
+    kl_coef: float = setting(
+        0.0,
+        "KL control: adds kl_coef * (1/2) (log pi(y|x) - log pi_ref(y|x))^2 for both "
+        "responses of each pair (summed log-probs); 0: the preference loss alone",
+    )
     ensemble: EnsembleSettings = field(
         default_factory=EnsembleSettings,
         metadata={
@@ -585,6 +590,8 @@ class OnlineDPOConfig(SamplingPart, DataSettings, OptimSettings, RunSettings):
     def validate(self) -> None:
         super().validate()
         self.positive("query_budget", "ref_update_every", "updates_per_round", "sample_every")
+        if self.kl_coef < 0:
+            raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.samples_per_prompt < 2:
             raise ConfigError(
                 f"samples_per_prompt must be at least 2 to form a pair, got {self.samples_per_prompt}"

@@ -69,8 +69,18 @@ def dpo_step(
     is the (pairs, 2, 2) table of [chosen, rejected] x [summed log-prob, target count],
     reduced by the same `sequence_logps` as the policy; None for reference-free losses.
     """
-    entry = PREFERENCE_LOSSES[config.loss]
     sums, counts = sequence_stats(module, batch)  # (2B,) each
+    losses, metrics = pair_losses(sums, counts, batch, config=config, reference=reference)
+    return losses.sum(), metrics
+
+
+def pair_losses(
+    sums: torch.Tensor, counts: torch.Tensor, batch: dict, *, config, reference
+) -> tuple[torch.Tensor, dict]:
+    """Per-pair losses (B,) and metrics from the policy's summed log-probs and target
+    counts (2B,) of a `PairCollator` batch (chosen and rejected alternating); `dpo_step`
+    without the forward pass, for steps that add terms of their own (online DPO)."""
+    entry = PREFERENCE_LOSSES[config.loss]
     policy = sequence_logps(sums, counts, entry.reduction)
     logps = [policy[0::2], policy[1::2]]  # chosen, rejected: (B,) each
     if entry.needs_reference:
@@ -78,8 +88,7 @@ def dpo_step(
         table = reference.to(sums.device)[batch["pair_index"]]
         ref = sequence_logps(table[..., 0], table[..., 1], entry.reduction)  # (B, 2)
         logps += [ref[:, 0], ref[:, 1]]
-    losses, metrics = entry.resolve()(*logps, **entry.kwargs(config, batch))
-    return losses.sum(), metrics
+    return entry.resolve()(*logps, **entry.kwargs(config, batch))
 
 
 def encode_pairs(encoder: ChatEncoder, config: DPOConfig, offset: int):

@@ -28,11 +28,12 @@ bottom in `run_online_dpo`:
    them all);
 7. **reference pass** without gradients over the pairs' responses: their KL to the
    reference (`objective/kl`, k1 summed over each response at the sampling temperature)
-   and the (pairs, 2, 2) table of summed log-probs and target counts that `dpo_step`
+   and the (pairs, 2, 2) table of summed log-probs and target counts that the loss
    reads, as offline DPO's cached table;
 8. **optimizer steps**: `updates_per_round` steps of the registry's preference loss
    (`loss=`: dpo, ipo, simpo...) over the round's labelled pairs, each `Run.optimizer_step`
-   over micro-batches of `micro_batch_size` pairs with offline DPO's `dpo_step`;
+   over micro-batches of `micro_batch_size` pairs with `online_pair_step`: offline DPO's
+   per-pair losses, plus the KL penalty when `kl_coef` > 0;
 9. metrics, samples, held-out evaluation under the oracle (`eval_every`) and checkpoints.
    A checkpoint holds the policy, the optimizer, the ensemble (weights, optimizer,
    buffer, generator) and the store's position (`queries/used`), so `resume=auto`
@@ -70,7 +71,7 @@ from alignkit.feedback.query_book import QueryBook, QueryFailed, query_key
 from alignkit.feedback.selection import REQUIRES
 from alignkit.losses.registry import PREFERENCE_LOSSES
 from alignkit.methods.common import build_collator, load_trainable_model, seed_everything
-from alignkit.methods.dpo import PairCollator, dpo_step
+from alignkit.methods.dpo import PairCollator, pair_losses
 from alignkit.methods.rl import (
     ActorCritic,
     PolicyForward,
@@ -83,7 +84,7 @@ from alignkit.methods.rl import (
 )
 from alignkit.models.device import select_device
 from alignkit.ops.attention import uses_packed_attention
-from alignkit.ops.logprobs import CausalLMLogps
+from alignkit.ops.logprobs import CausalLMLogps, sequence_stats
 from alignkit.rollout.batch import completion_rows
 from alignkit.rollout.sampling import row_seed, sample
 from alignkit.train.checkpoint import list_checkpoints, load_extra, trainable_state
@@ -517,7 +518,7 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                         policy, reference_context, config, device,
                     )  # fmt: skip
                     examples = pair_examples(labels.pairs, K, tensors, config)
-                    step_fn = functools.partial(dpo_step, config=config, reference=table)
+                    step_fn = functools.partial(online_pair_step, config=config, reference=table)
                     micro = [
                         examples[s : s + config.micro_batch]
                         for s in range(0, len(examples), config.micro_batch)
@@ -675,6 +676,33 @@ def reference_table(
         )[0]
     counts = rows["mask"].sum(-1).float()
     return torch.stack([ref.sum(-1), counts], dim=-1).reshape(n_pairs, 2, 2)
+
+
+def online_pair_step(
+    module, batch: dict, *, config: OnlineDPOConfig, reference: torch.Tensor
+) -> tuple[torch.Tensor, dict]:
+    """Offline DPO's step on a micro-batch of B of the round's pairs, plus, with
+    `kl_coef` > 0, a penalty on how far the policy has moved from the reference on the
+    pairs' own responses (both sides, sampled from the policy this round):
+
+        loss_pair += kl_coef * sum over y in (y_w, y_l) of (1/2) (log pi(y|x) - log pi_ref(y|x))^2
+
+    summed log-probs at temperature 1, as in the reference `table` (B, 2, 2). For y drawn
+    from pi its gradient, (log pi(y|x) - log pi_ref(y|x)) grad log pi(y|x), is an unbiased
+    estimate of grad KL(pi || pi_ref) (the "k2" estimator of Schulman 2020, "Approximating
+    KL divergence"; with the round's sampling temperature and pair choice it is a
+    surrogate). Why: with hard labels on fresh on-policy pairs, DPO's beta barely bounds the
+    step (each new pair starts near zero margin), so a round's update also drifts in
+    directions the labels do not ask for; this pulls them back, where PPO's KL penalty
+    would (docs/online.md, "KL control")."""
+    sums, counts = sequence_stats(module, batch)  # (2B,) each
+    losses, metrics = pair_losses(sums, counts, batch, config=config, reference=reference)
+    if config.kl_coef > 0:
+        ref = reference.to(sums.device)[batch["pair_index"]][..., 0].reshape(-1)  # (2B,)
+        penalty = 0.5 * (sums - ref).pow(2).reshape(-1, 2).sum(-1)  # (B,)
+        losses = losses + config.kl_coef * penalty
+        metrics["kl_penalty"] = penalty.detach().mean()
+    return losses.sum(), metrics
 
 
 def pair_examples(pairs, K, tensors, config) -> list[dict]:

@@ -332,3 +332,32 @@ def test_sequence_stats_then_sequence_logps_equal_naive_log_softmax():
     assert_close(
         sequence_logps(sums, counts, "mean"), expected / mask.sum(-1), atol=1e-5, rtol=1e-5
     )
+
+
+def test_online_step_adds_the_squared_log_ratio_penalty_on_both_responses():
+    """Online DPO's step = dpo_step + kl_coef * sum over the pair's two responses of
+    (1/2) (log pi - log pi_ref)^2, summed log-probs. Log-ratios (sums minus reference
+    sums): chosen_0 -2 - -3 = 1, rejected_0 -6 - -4 = -2, chosen_1 -3 - -2 = -1,
+    rejected_1 -6 - -6 = 0; penalties (1 + 4) / 2 = 2.5 and (1 + 0) / 2 = 0.5. beta 0.5,
+    hard labels: NLS(1.5) + NLS(-0.5) = 0.2014133 + 0.9740770 = 1.1754903; with
+    kl_coef 0.2: + 0.2 * 3 = 1.7754903. The penalty's gradient on each token's log-prob
+    is kl_coef times its sequence's log-ratio: 0.2, -0.4, -0.2, 0."""
+    from alignkit.config import OnlineDPOConfig
+    from alignkit.methods.online_dpo import online_pair_step
+
+    grads = {}
+    for coef in (0.0, 0.2):
+        module, batch = pair_batch()
+        module.token_logps.requires_grad_(True)
+        config = OnlineDPOConfig(task="sentiment-chat", beta=0.5, kl_coef=coef)
+        loss, metrics = online_pair_step(module, batch, config=config, reference=REFERENCE)
+        loss.backward()
+        grads[coef] = module.token_logps.grad
+        close(loss, 1.1754903 if coef == 0 else 1.7754903)
+    close(metrics["kl_penalty"], (2.5 + 0.5) / 2)
+    extra = grads[0.2] - grads[0.0]
+    for row, (length, value) in enumerate([(2, 0.2), (4, -0.4), (1, -0.2), (3, 0.0)]):
+        close(extra[row, :length], [value] * length)
+        close(extra[row, length:], [0.0] * (extra.shape[1] - length))
+    with pytest.raises(ConfigError, match="kl_coef"):
+        OnlineDPOConfig(task="sentiment-chat", kl_coef=-0.1)
