@@ -80,7 +80,6 @@ from alignkit.methods.rl import (
     load_reference,
     reward_spec,
     sampling_settings,
-    score_completions,
 )
 from alignkit.models.device import select_device
 from alignkit.ops.attention import uses_packed_attention
@@ -309,6 +308,10 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
     prompts = load_prompts(config, config.data, "train", "rejects.jsonl")
     prompt_ids = [encoder.encode_prompt(p) for p in prompts]
     eval_prompts = load_prompts(config, config.eval_data, "test", "eval_rejects.jsonl")
+    # held-out prompts are sampled as many at a time as a round's rollout has rows (one
+    # response each): a size the run already holds in memory, and fewer, fuller decode
+    # steps than batch_size at a time (12.4 s instead of 15.4 s for 32 prompts, 135M, CPU)
+    eval_batch = config.batch_size * config.samples_per_prompt
     device = select_device(config.device)
     labeller = load_labeller(config, device)
     oracle = load_oracle(config, device) if eval_prompts else None
@@ -503,20 +506,13 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                 if labels.pairs:
                     rows = [p * K + side for p, c, r, _, _ in labels.pairs for side in (c, r)]
                     subset = {k: v[rows] for k, v in tensors.items()}
-                    ref_at_t = score_completions(
-                        probe,
-                        CausalLMLogps(reference or policy, temperature=temperature),
-                        reference_context,
-                        subset,
-                        config.micro_batch,
-                        device,
-                    )[0]
+                    ref_at_t, ref_at_1 = reference_logps(
+                        probe, CausalLMLogps(reference or policy), reference_context, subset,
+                        temperature, config.micro_batch, device,
+                    )  # fmt: skip
                     old = rollout.logprobs[rows].float() * subset["mask"]
                     kl = ((old - ref_at_t) * subset["mask"]).sum(-1)  # k1 per response
-                    table = reference_table(
-                        len(labels.pairs), subset, ref_at_t, temperature, probe, reference,
-                        policy, reference_context, config, device,
-                    )  # fmt: skip
+                    table = reference_table(len(labels.pairs), subset, ref_at_1)
                     examples = pair_examples(labels.pairs, K, tensors, config)
                     step_fn = functools.partial(online_pair_step, config=config, reference=table)
                     micro = [
@@ -562,7 +558,7 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
                     metrics.update(
                         evaluate_prompts(
                             run, eval_prompts, oracle, tokenizer, start_reference,
-                            start_context, config,
+                            start_context, config, eval_batch,
                         )
                     )  # fmt: skip
                 if config.sample_every and (done % config.sample_every == 0 or done == 1):
@@ -589,8 +585,9 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
         evaluated = config.eval_every and state.step % config.eval_every == 0
         if oracle and not evaluated:
             final_eval = evaluate_prompts(
-                run, eval_prompts, oracle, tokenizer, start_reference, start_context, config
-            )
+                run, eval_prompts, oracle, tokenizer, start_reference, start_context, config,
+                eval_batch,
+            )  # fmt: skip
             last_metrics = {**last_metrics, **final_eval}
             run.sink.step(state.step, final_eval, advance=False)
         run.save_final(tokenizer, model.policy)
@@ -656,24 +653,32 @@ def mixed_labels(member_scores, pairs, fraction: float, generator) -> dict[int, 
     return {int(p): float(p_a[p]) for p in picked}
 
 
-def reference_table(
-    n_pairs, rows, ref_at_t, temperature, probe, reference, policy, reference_context,
-    config, device,
-) -> torch.Tensor:  # fmt: skip
+@torch.no_grad()
+def reference_logps(
+    probe, ref_logps: CausalLMLogps, reference_context, rows, temperature, micro, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, C) reference log-probs of the rows' completion tokens at the sampling
+    `temperature` (for the KL metric, against the sampler's log-probs) and at 1 (for the
+    loss, which compares the models themselves), from one decoder pass per `micro` rows:
+    only the output head runs twice. Equal tensors when `temperature` is 1."""
+    temperatures = (temperature, 1.0) if temperature != 1.0 else (1.0,)
+    at_t, at_1 = [], []
+    probe.eval()
+    for start in range(0, len(rows["mask"]), micro):
+        part = {k: v[start : start + micro].to(device) for k, v in rows.items()}
+        with reference_context():
+            logps, _ = ref_logps.at_temperatures(part["input_ids"], part["labels"], temperatures)
+        picked = [x.gather(1, part["index"]).float().cpu() * part["mask"].cpu() for x in logps]
+        at_t.append(picked[0])
+        at_1.append(picked[-1])
+    probe.train()
+    return torch.cat(at_t), torch.cat(at_1)
+
+
+def reference_table(n_pairs: int, rows: dict, ref: torch.Tensor) -> torch.Tensor:
     """(pairs, 2, 2): [chosen, rejected] x [summed reference log-prob at temperature 1,
-    target count], as `dpo_step` reads it. `rows`: the pairs' responses, chosen and
-    rejected alternating; `ref_at_t`: their reference log-probs at the sampling
-    temperature (reused when that is 1)."""
-    ref = ref_at_t
-    if temperature != 1.0:  # the loss compares the models themselves (temperature 1)
-        ref = score_completions(
-            probe,
-            CausalLMLogps(reference or policy),
-            reference_context,
-            rows,
-            config.micro_batch,
-            device,
-        )[0]
+    target count], as `pair_losses` reads it. `rows`: the pairs' responses, chosen and
+    rejected alternating; `ref` (R, C): their reference log-probs at temperature 1."""
     counts = rows["mask"].sum(-1).float()
     return torch.stack([ref.sum(-1), counts], dim=-1).reshape(n_pairs, 2, 2)
 

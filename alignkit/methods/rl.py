@@ -472,11 +472,14 @@ def load_reference(config: RLConfig, device):
     return reference.eval()
 
 
-def evaluate_prompts(run, prompts, judge, tokenizer, reference, reference_context, config) -> dict:
+def evaluate_prompts(
+    run, prompts, judge, tokenizer, reference, reference_context, config, batch_size=None
+) -> dict:
     """Held-out `eval/objective/scores` and `eval/objective/kl` (k1, per completion) from
-    one sampled completion per prompt, each process taking its shard. The KL is to
-    `reference` (a frozen model), or without one to the policy inside
-    `reference_context()` (LoRA with its adapter disabled)."""
+    one sampled completion per prompt, each process taking its shard, `batch_size`
+    prompts sampled at once (default `config.batch_size`). The KL is to `reference` (a
+    frozen model), or without one to the policy inside `reference_context()` (LoRA with
+    its adapter disabled)."""
     settings = SamplingSettings(
         **{**vars(sampling_settings(config)), "seed": config.seed * 1_000_003 + 999_983}
     )
@@ -492,7 +495,7 @@ def evaluate_prompts(run, prompts, judge, tokenizer, reference, reference_contex
         settings,
         reference=reference,  # when given, evaluate_policy ignores reference_context
         reference_context=reference_context,
-        batch_size=config.batch_size,
+        batch_size=batch_size or config.batch_size,
         row_ids=shard,
     )
     policy.train(was_training)

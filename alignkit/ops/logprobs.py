@@ -210,10 +210,27 @@ class CausalLMLogps(nn.Module):
         mask = targets != IGNORE_INDEX
         return self._head_logps(hidden[:, :-1], targets.masked_fill(~mask, 0)) * mask, mask
 
-    def _head_logps(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log softmax(head(hidden) / temperature) at `targets`: hidden (..., H) -> (...)."""
+    def at_temperatures(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, temperatures: tuple[float, ...]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`forward` for padded rows at several temperatures from one decoder pass:
+        ([logps (B, T-1) per temperature], mask (B, T-1)). Only the output head runs per
+        temperature, so two temperatures cost little more than one."""
+        hidden = self.causal_lm.get_decoder()(input_ids=input_ids, use_cache=False)
+        hidden = hidden.last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        targets = targets.masked_fill(~mask, 0)
+        return [self._head_logps(hidden, targets, t) * mask for t in temperatures], mask
+
+    def _head_logps(
+        self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float | None = None
+    ) -> torch.Tensor:
+        """log softmax(head(hidden) / temperature) at `targets` (default: this module's
+        temperature): hidden (..., H) -> (...)."""
         head = self.causal_lm.get_output_embeddings()
-        scale = 1.0 / self.temperature if self.temperature not in (0, 1) else None
+        temperature = self.temperature if temperature is None else temperature
+        scale = 1.0 / temperature if temperature not in (0, 1) else None
         if type(head) is nn.Linear:
             bias = head.bias
             if scale is not None:  # (h W + b) / t == (h / t) W + b / t

@@ -161,6 +161,19 @@ def test_rollout_logprobs_match_the_training_forward(rl_files):
     )
     torch.testing.assert_close(ref, trained, atol=1e-5, rtol=1e-5)
     assert values is None
+    # online DPO's reference pass: both temperatures from one decoder pass, each equal to
+    # its own full pass (0.7: the sampler's log-probs again; 1: what the loss compares)
+    from alignkit.methods.online_dpo import reference_logps
+
+    at_t, at_1 = reference_logps(
+        forward, CausalLMLogps(model), contextlib.nullcontext, rows, 0.7, 2, "cpu"
+    )
+    torch.testing.assert_close(at_t, trained, atol=1e-5, rtol=1e-5)
+    at_1_alone, _ = score_completions(
+        forward, CausalLMLogps(model), contextlib.nullcontext, rows, 2, "cpu"
+    )
+    torch.testing.assert_close(at_1, at_1_alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(at_1, at_t, atol=1e-3)  # the temperatures really differ
 
 
 def test_lora_policy_uses_the_disabled_adapter_as_reference(rl_files, tmp_path):
