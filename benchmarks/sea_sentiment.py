@@ -73,6 +73,7 @@ def start_point(config) -> dict:
     evaluations use (`alignkit.methods.rl.evaluate_prompts`): the 0-query point."""
     from alignkit.data.loading import load_records
     from alignkit.feedback.function import load_judge
+    from alignkit.methods.online_dpo import eval_batch_size
     from alignkit.methods.rl import sampling_settings
     from alignkit.models.loading import load_model_and_tokenizer
     from alignkit.rollout.evaluation import evaluate_policy
@@ -89,7 +90,7 @@ def start_point(config) -> dict:
         prompts,
         load_judge(f"task:{config.task}"),
         settings,
-        batch_size=config.batch_size * config.samples_per_prompt,  # as the runs' evaluations
+        batch_size=eval_batch_size(config),  # as the runs' evaluations
         row_ids=list(range(len(prompts))),
     )
     return {"queries": 0, "reward": result.reward, "kl": 0.0, "round": 0}

@@ -308,10 +308,7 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
     prompts = load_prompts(config, config.data, "train", "rejects.jsonl")
     prompt_ids = [encoder.encode_prompt(p) for p in prompts]
     eval_prompts = load_prompts(config, config.eval_data, "test", "eval_rejects.jsonl")
-    # held-out prompts are sampled as many at a time as a round's rollout has rows (one
-    # response each): a size the run already holds in memory, and fewer, fuller decode
-    # steps than batch_size at a time (12.4 s instead of 15.4 s for 32 prompts, 135M, CPU)
-    eval_batch = config.batch_size * config.samples_per_prompt
+    eval_batch = eval_batch_size(config)
     device = select_device(config.device)
     labeller = load_labeller(config, device)
     oracle = load_oracle(config, device) if eval_prompts else None
@@ -597,6 +594,13 @@ def run_online_dpo(config: OnlineDPOConfig) -> TrainResult:
 
 
 # ---- the phases' helpers -----------------------------------------------------------
+
+
+def eval_batch_size(config: OnlineDPOConfig) -> int:
+    """Held-out prompts sampled at once: as many as a round's rollout has rows (one
+    response each), a size the run already holds in memory, and fewer, fuller decode
+    steps than batch_size at a time (12.4 s instead of 15.4 s for 32 prompts, 135M, CPU)."""
+    return config.batch_size * config.samples_per_prompt
 
 
 def min_queries_per_prompt(config: OnlineDPOConfig, labeller: Labeller) -> int:

@@ -206,9 +206,8 @@ class CausalLMLogps(nn.Module):
         hidden = lm.get_decoder()(use_cache=False, **inputs).last_hidden_state
         if target_index is not None:
             return self._head_logps(hidden[0, target_index], target_ids), None
-        targets = labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        return self._head_logps(hidden[:, :-1], targets.masked_fill(~mask, 0)) * mask, mask
+        (logps,), mask = self._label_logps(hidden, labels, (self.temperature,))
+        return logps, mask
 
     def at_temperatures(
         self, input_ids: torch.Tensor, labels: torch.Tensor, temperatures: tuple[float, ...]
@@ -217,10 +216,17 @@ class CausalLMLogps(nn.Module):
         ([logps (B, T-1) per temperature], mask (B, T-1)). Only the output head runs per
         temperature, so two temperatures cost little more than one."""
         hidden = self.causal_lm.get_decoder()(input_ids=input_ids, use_cache=False)
-        hidden = hidden.last_hidden_state[:, :-1]
+        return self._label_logps(hidden.last_hidden_state, labels, temperatures)
+
+    def _label_logps(
+        self, hidden: torch.Tensor, labels: torch.Tensor, temperatures: tuple[float, ...]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Next-token log-probs of `labels` (B, T) from the decoder's `hidden` (B, T, H), one
+        (B, T-1) tensor per temperature, zero where the mask (B, T-1) is False."""
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         targets = targets.masked_fill(~mask, 0)
+        hidden = hidden[:, :-1]
         return [self._head_logps(hidden, targets, t) * mask for t in temperatures], mask
 
     def _head_logps(
